@@ -1,0 +1,231 @@
+"""The one typed configuration of every service: defaults < `A3C_*` env vars < CLI flags.
+
+All roles share one flat config (as in seed_rl: one program, every flag everywhere), so a
+ConfigMap or a compose `.env` can set anything for any role with `A3C_<FIELD>`. Validation
+runs in one pass and reports every invalid value at once; `services.cli` turns that into a
+clear message and exit code 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GradDtype = Literal["float32", "float16", "bfloat16"]
+EvalPolicy = Literal["greedy", "sample"]
+LogFormat = Literal["text", "json"]
+
+
+class ConfigError(ValueError):
+    """Every invalid setting, one per line, ready to print."""
+
+
+class Config(BaseSettings):
+    """Settings of the learner, workers, evaluator and the local launcher."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="A3C_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    # --- Environment --------------------------------------------------------------------
+    env: str = "ALE/Breakout-v5"
+    """Gymnasium id: an `ALE/*` game (pixels, conv encoder) or a vector env such as CartPole-v1."""
+    seed: int = Field(0, ge=0)
+    """Base seed; each worker and env derives its own from it."""
+    train_sticky_actions: float = Field(0.0, ge=0.0, le=1.0)
+    """Atari repeat_action_probability while training (evaluation always uses 0.25)."""
+
+    # --- Algorithm (worker side) ------------------------------------------------------------
+    n_steps: int = Field(20, ge=1, le=1000)
+    """Rollout length per update; the LSTM state is carried across rollouts."""
+    num_envs: int = Field(1, ge=1, le=256)
+    """Environments per worker, stepped as one batch through the model."""
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    gae_lambda: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE lambda; 1.0 gives the classic n-step return advantage."""
+    entropy_coef: float = Field(0.01, ge=0.0)
+    value_coef: float = Field(0.5, ge=0.0)
+    max_grad_norm: float = Field(50.0, gt=0.0)
+    normalize_advantages: bool = True
+    """Standardise advantages per rollout: makes learning robust across seeds and reward scales."""
+    grad_dtype: GradDtype = "float32"
+    """Gradient precision on the wire; float16 is loss-scaled per message to avoid underflow."""
+    max_inflight: int = Field(1, ge=1, le=16)
+    """Gradients a worker may have unacknowledged; bounds its backlog and its staleness."""
+
+    # --- Learner ------------------------------------------------------------------------
+    lr: float = Field(1e-4, gt=0.0, lt=1.0)
+    """Adam learning rate of the one shared optimizer."""
+    host: str = "127.0.0.1"
+    """Learner bind address; 0.0.0.0 inside containers."""
+    port: int = Field(5555, ge=1, le=65534)
+    """Learner gradient port (ROUTER); weights are published on port + 1 (PUB)."""
+    checkpoint_dir: Path = Path("checkpoints")
+    checkpoint_interval: float = Field(60.0, gt=0.0)
+    """Seconds between periodic checkpoints (one is also written on SIGTERM)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    max_staleness: int = Field(64, ge=0)
+    """Gradients computed on a model more than this many versions old are dropped."""
+    worker_timeout: float = Field(30.0, gt=0.0)
+    """The learner forgets a worker silent for this many seconds."""
+    publish_interval: float = Field(1.0, ge=0.0)
+    """Minimum seconds between weight broadcasts to subscribers (evaluators)."""
+    max_message_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Messages larger than this are refused by the socket and the decoder."""
+
+    # --- Worker / evaluator connection ---------------------------------------------------
+    learner: str = "127.0.0.1:5555"
+    """Learner address HOST:PORT as seen from workers and the evaluator."""
+    worker_id: str = ""
+    """Stable worker name; empty means hostname-pid (unique per container replica)."""
+    learner_timeout: float = Field(10.0, gt=0.0)
+    """Seconds without an answer after which a worker reconnects (with backoff)."""
+    heartbeat_interval: float = Field(2.0, gt=0.0)
+    """Idle peers send a heartbeat this often so liveness is known both ways."""
+
+    # --- Evaluator ----------------------------------------------------------------------
+    eval_window: int = Field(10, ge=1)
+    """Score reported is the mean over the last this-many evaluation episodes."""
+    eval_interval: float = Field(5.0, ge=0.0)
+    """Minimum seconds between the start of two evaluation episodes (leaves CPU to workers)."""
+    eval_policy: EvalPolicy = "greedy"
+    """greedy (argmax) or sample from the policy when evaluating."""
+    eval_log: Path | None = None
+    """Append one JSON line per evaluation episode here (the run directory's eval.jsonl)."""
+    best_model_path: Path | None = None
+    """Where the evaluator keeps the best-scoring weights."""
+
+    # --- Local embedded cluster (`a3c run`) ---------------------------------------------
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    max_frames: int | None = Field(None, ge=1)
+    duration: float | None = Field(None, gt=0.0)
+    run_dir: Path | None = None
+    """Run directory; default runs/<env>-<timestamp>."""
+    target_score: float | None = None
+    """Stop the run early once the evaluation mean reaches this."""
+    progress_interval: float = Field(5.0, gt=0.0)
+
+    # --- Offline tools (`a3c evaluate`, `a3c record`) -------------------------------------
+    checkpoint: Path | None = None
+    episodes: int = Field(10, ge=1)
+    out: Path | None = None
+
+    # --- Operations ---------------------------------------------------------------------
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    """Port for /metrics and /healthz; 0 disables the endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Bind address of the metrics endpoint; 0.0.0.0 inside containers."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = "text"
+    """json writes one JSON object per line (containers)."""
+    auth_key: SecretStr | None = None
+    """Shared key: every message is HMAC-signed and unsigned ones are refused."""
+    auth_key_file: Path | None = None
+    """File holding the shared key (Kubernetes Secret / compose secret mount)."""
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Config:
+        problems = []
+        try:
+            split_address(self.learner)
+        except ValueError as error:
+            problems.append(f"learner: {error}")
+        if self.auth_key_file is not None and not self.auth_key_file.is_file():
+            problems.append(f"auth_key_file: {self.auth_key_file} is not a readable file")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def shared_key(self) -> bytes | None:
+        """The signing key from `auth_key` or `auth_key_file`, or None when signing is off."""
+        if self.auth_key is not None and self.auth_key.get_secret_value():
+            return self.auth_key.get_secret_value().encode()
+        if self.auth_key_file is not None:
+            return self.auth_key_file.read_bytes().strip() or None
+        return None
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """JSON-able settings without secrets, for config.json and checkpoints."""
+        data = self.model_dump(mode="json", exclude={"auth_key"})
+        data["auth_key_set"] = self.auth_key is not None
+        return data
+
+    def to_cli_args(self, **overrides: Any) -> list[str]:
+        """Flags that reproduce this config (plus overrides) in a child process."""
+        values = {**self.model_dump(exclude={"auth_key"}), **overrides}
+        args: list[str] = []
+        for name, value in values.items():
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + name.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), with a message that says what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if not port.isdigit() or not 1 <= int(port) <= 65534:
+        raise ValueError(f"{address!r} has no valid port (1-65534; the next port is used too)")
+    return host, int(port)
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """The non-None member of an Optional annotation."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return members[0] if len(members) == 1 else str
+    return annotation
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per config field; unset flags stay out of the namespace so that
+    env vars and defaults keep their precedence."""
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _scalar_type(field.annotation)
+        help_text = (field.description or "").split("\n")[0] or None
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS
+            )
+        elif get_origin(kind) is Literal:
+            parser.add_argument(
+                flag, dest=name, choices=get_args(kind), default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
+
+
+def load_config(cli_values: dict[str, Any] | None = None) -> Config:
+    """Build the config from defaults, `A3C_*` env vars and CLI values (highest precedence).
+
+    Raises ConfigError listing every invalid value."""
+    try:
+        return Config(**(cli_values or {}))
+    except ValidationError as error:
+        lines = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "config"
+            lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,264 @@
+"""Prometheus metric names of every service, in one place, and the /metrics + /healthz server.
+
+Each service builds its own registry (so tests can run several services in one process) and
+serves it with `serve_metrics`. Dashboards, alert rules and tests depend on these names.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+REJECT_REASONS = (
+    "decode",
+    "bad_signature",
+    "protocol_version",
+    "unknown_type",
+    "unknown_worker",
+    "model_mismatch",
+    "shape",
+    "dtype",
+    "non_finite",
+    "bad_version",
+    "stale",
+    "replay",
+    "oversize",
+)
+"""Every reason a learner refuses a message; pre-declared so dashboards see zeros, not gaps."""
+
+LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
+
+
+@dataclass
+class LearnerMetrics:
+    registry: CollectorRegistry
+    updates: Counter
+    model_version: Gauge
+    rejected: Counter
+    staleness: Histogram
+    workers_active: Gauge
+    env_frames: Counter
+    apply_seconds: Histogram
+    messages: Counter
+    loss: Gauge
+    episode_return: Gauge
+    checkpoints: Counter
+    checkpoint_failures: Counter
+    bytes_received: Counter
+
+
+def learner_metrics() -> LearnerMetrics:
+    r = CollectorRegistry()
+    rejected = Counter(
+        "a3c_learner_gradients_rejected",
+        "Messages refused by the learner, by reason",
+        ["reason"],
+        registry=r,
+    )
+    for reason in REJECT_REASONS:
+        rejected.labels(reason=reason)
+    loss = Gauge(
+        "a3c_learner_loss",
+        "Latest worker-reported loss terms of applied gradients",
+        ["term"],
+        registry=r,
+    )
+    for term in LOSS_STATS:
+        loss.labels(term=term)
+    return LearnerMetrics(
+        registry=r,
+        updates=Counter("a3c_learner_updates", "Gradients applied", registry=r),
+        model_version=Gauge("a3c_learner_model_version", "Global model version", registry=r),
+        rejected=rejected,
+        staleness=Histogram(
+            "a3c_learner_gradient_staleness",
+            "Versions between the model a gradient was computed on and the global model",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        ),
+        workers_active=Gauge("a3c_learner_workers_active", "Workers heard from", registry=r),
+        env_frames=Counter(
+            "a3c_learner_env_frames", "Environment frames behind applied gradients", registry=r
+        ),
+        apply_seconds=Histogram(
+            "a3c_learner_apply_seconds",
+            "Time to validate and apply one gradient",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        ),
+        messages=Counter("a3c_learner_messages", "Messages received", ["type"], registry=r),
+        loss=loss,
+        episode_return=Gauge(
+            "a3c_learner_train_episode_return",
+            "Latest raw training episode return reported by a worker",
+            registry=r,
+        ),
+        checkpoints=Counter("a3c_learner_checkpoints", "Checkpoints written", registry=r),
+        checkpoint_failures=Counter(
+            "a3c_learner_checkpoint_load_failures",
+            "Checkpoint files found corrupt or unreadable at resume",
+            registry=r,
+        ),
+        bytes_received=Counter(
+            "a3c_learner_received_bytes", "Bytes of messages received", registry=r
+        ),
+    )
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry
+    env_frames: Counter
+    episodes: Counter
+    episode_return: Gauge
+    updates_sent: Counter
+    updates_acked: Counter
+    reconnects: Counter
+    rejected: Counter
+    model_version: Gauge
+    phase_seconds: Counter
+
+
+def worker_metrics() -> WorkerMetrics:
+    r = CollectorRegistry()
+    return WorkerMetrics(
+        registry=r,
+        env_frames=Counter("a3c_worker_env_frames", "Environment frames played", registry=r),
+        episodes=Counter("a3c_worker_episodes", "Training episodes (full games) ended", registry=r),
+        episode_return=Gauge(
+            "a3c_worker_episode_return", "Raw return of the latest training episode", registry=r
+        ),
+        updates_sent=Counter("a3c_worker_gradients_sent", "Gradients sent", registry=r),
+        updates_acked=Counter("a3c_worker_gradients_acked", "Gradients acknowledged", registry=r),
+        reconnects=Counter("a3c_worker_reconnects", "Reconnects to the learner", registry=r),
+        rejected=Counter(
+            "a3c_worker_gradients_rejected", "Gradients the learner refused", ["reason"], registry=r
+        ),
+        model_version=Gauge(
+            "a3c_worker_model_version", "Version of the weights in use", registry=r
+        ),
+        phase_seconds=Counter(
+            "a3c_worker_phase_seconds",
+            "Wall time by phase of the worker loop",
+            ["phase"],
+            registry=r,
+        ),
+    )
+
+
+@dataclass
+class EvaluatorMetrics:
+    registry: CollectorRegistry
+    score_mean: Gauge
+    best_score: Gauge
+    last_score: Gauge
+    episodes: Counter
+    model_version: Gauge
+    train_frames: Gauge
+    episode_frames: Gauge
+    weights_received: Counter
+    rejected: Counter
+
+
+def evaluator_metrics() -> EvaluatorMetrics:
+    r = CollectorRegistry()
+    return EvaluatorMetrics(
+        registry=r,
+        score_mean=Gauge(
+            "a3c_evaluator_score_mean", "Mean raw score over the last eval_window episodes",
+            registry=r,
+        ),
+        best_score=Gauge(
+            "a3c_evaluator_best_score", "Best windowed mean score so far", registry=r
+        ),
+        last_score=Gauge("a3c_evaluator_last_score", "Raw score of the latest episode", registry=r),
+        episodes=Counter("a3c_evaluator_episodes", "Evaluation episodes played", registry=r),
+        model_version=Gauge(
+            "a3c_evaluator_model_version", "Model version of the latest evaluation", registry=r
+        ),
+        train_frames=Gauge(
+            "a3c_evaluator_train_frames",
+            "Training frames behind the latest evaluated model",
+            registry=r,
+        ),
+        episode_frames=Gauge(
+            "a3c_evaluator_episode_frames", "Frames in the latest evaluation episode", registry=r
+        ),
+        weights_received=Counter(
+            "a3c_evaluator_weights_received", "Weight broadcasts received", registry=r
+        ),
+        rejected=Counter(
+            "a3c_evaluator_messages_rejected", "Broadcasts refused, by reason", ["reason"],
+            registry=r,
+        ),
+    )
+
+
+class Health:
+    """Liveness as the main loop sees it: healthy while it ticked within `stale_after` s."""
+
+    def __init__(self, stale_after: float = 30.0) -> None:
+        self.stale_after = stale_after
+        self._last_tick = time.monotonic()
+        self.detail: dict[str, object] = {}
+
+    def tick(self) -> None:
+        self._last_tick = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._last_tick < self.stale_after
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scraper cannot block health probes."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
+        pass
+
+
+class MetricsServer:
+    """Serves /metrics (Prometheus text) and /healthz (200 or 503) from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int) -> None:
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if path in ("/healthz", "/health", "/readyz"):
+                ok = health.healthy()
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable",
+                    [("Content-Type", "text/plain")],
+                )
+                return [b"ok\n" if ok else b"stalled\n"]
+            return metrics_app(environ, start_response)
+
+        self._server: WSGIServer = make_server(
+            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve_metrics(
+    registry: CollectorRegistry, health: Health, host: str, port: int
+) -> MetricsServer | None:
+    """Start the endpoint, or do nothing when port is 0 (disabled)."""
+    if port == 0:
+        return None
+    return MetricsServer(registry, health, host, port)
