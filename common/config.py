@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GradDtype = Literal["float32", "float16", "bfloat16"]
@@ -134,18 +134,18 @@ class Config(BaseSettings):
     auth_key_file: Path | None = None
     """File holding the shared key (Kubernetes Secret / compose secret mount)."""
 
-    @model_validator(mode="after")
-    def _check_relations(self) -> Config:
-        problems = []
-        try:
-            split_address(self.learner)
-        except ValueError as error:
-            problems.append(f"learner: {error}")
-        if self.auth_key_file is not None and not self.auth_key_file.is_file():
-            problems.append(f"auth_key_file: {self.auth_key_file} is not a readable file")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    @field_validator("learner")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @field_validator("auth_key_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
     @property
     def resolved_worker_id(self) -> str:

@@ -1,0 +1,74 @@
+"""The A3C objective as pure functions: GAE advantages, n-step returns, and the loss.
+
+Rollouts are time-major: tensors of shape [T, B] (T steps of B environments). `dones[t]`
+marks that the episode ended at step t, so nothing after it bootstraps into step t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and the returns the critic regresses to.
+
+    With lam = 1 the advantage is the n-step return minus the value (the classic A3C); the
+    returns are always advantages + values, i.e. lambda-returns."""
+    values = values.detach()
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    next_value = bootstrap_value.detach()
+    running = torch.zeros_like(bootstrap_value)
+    for t in reversed(range(steps)):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        running = delta + gamma * lam * not_done * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    total: torch.Tensor
+    policy: float
+    value: float
+    entropy: float
+
+
+def a3c_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    value_coef: float,
+    entropy_coef: float,
+    normalize_advantages: bool,
+) -> LossTerms:
+    """policy_loss + value_coef * value_loss - entropy_coef * entropy, each a mean over the
+    T*B samples. logits [T, B, A], actions/values/advantages/returns [T, B].
+
+    Means rather than the classic sums keep the gradient scale independent of rollout length
+    and batch size; Adam is invariant to that scale, and the clip threshold then means the same
+    thing for any n_steps or num_envs."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(-1).mean()
+    chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    advantages = advantages.detach()
+    if normalize_advantages and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    policy_loss = -(chosen * advantages).mean()
+    value_loss = 0.5 * (returns.detach() - values).pow(2).mean()
+    total = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    return LossTerms(total, policy_loss.item(), value_loss.item(), entropy.item())

@@ -1,0 +1,59 @@
+"""Playing evaluation games with a policy: the evaluator service, `a3c evaluate` and
+`a3c record` share this loop. No gradients, no I/O beyond the env."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from common.envs import frames_per_step
+from common.model import ActorCritic
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    score: float
+    """Raw, unclipped score of the whole game."""
+    steps: int
+    frames: int
+    truncated: bool
+
+
+@torch.inference_mode()
+def play_episode(
+    model: ActorCritic,
+    env: gym.Env,
+    env_id: str,
+    policy: str = "greedy",
+    seed: int | None = None,
+    stop: threading.Event | None = None,
+    on_step: Callable[[np.ndarray], None] | None = None,
+) -> EpisodeResult | None:
+    """One full episode; None if `stop` was set before it ended. `on_step` sees every raw
+    observation (for recording)."""
+    obs, _ = env.reset(seed=seed)
+    state = model.initial_state(1)
+    generator = torch.Generator().manual_seed(seed or 0)
+    score, steps = 0.0, 0
+    while True:
+        logits, _, state = model(torch.as_tensor(obs).unsqueeze(0), state)
+        if policy == "greedy":
+            action = int(logits.argmax(-1))
+        else:
+            action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+        obs, reward, terminated, truncated, info = env.step(action)
+        score += float(reward)
+        steps += 1
+        if on_step is not None:
+            on_step(obs)
+        if terminated or truncated:
+            score = float(info.get("game_score", score))
+            frames = int(info.get("game_steps", steps)) * frames_per_step(env_id)
+            return EpisodeResult(score, steps, frames, bool(truncated))
+        if stop is not None and steps % 64 == 0 and stop.is_set():
+            return None

@@ -1,0 +1,185 @@
+"""The only module that touches ZeroMQ sockets: bind/connect, bounded queues, polling with
+timeouts, reconnects (the ZeroMQ guide's Lazy Pirate pattern on the client side).
+
+The learner binds a ROUTER on PORT (requests from workers: hello, gradient, heartbeat; each
+gets one reply) and a PUB on PORT+1 (weights for evaluators: only the newest matters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from common.protocol import Message, ProtocolError, Session
+
+HIGH_WATER_MARK = 64
+"""Messages a socket queues per peer before it drops (PUB) or blocks/refuses (others)."""
+LINGER_MS = 500
+
+
+def _tune(sock: zmq.Socket, max_bytes: int) -> None:
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+
+
+class Received:
+    """One incoming message: decoded, or the reason it was refused (never an exception)."""
+
+    def __init__(
+        self, identity: bytes | None, message: Message | None, error: ProtocolError | None
+    ) -> None:
+        self.identity = identity
+        self.message = message
+        self.error = error
+
+
+class RouterServer:
+    """Learner side: one reply per request, addressed by the peer's ZeroMQ identity."""
+
+    def __init__(self, session: Session, host: str, port: int) -> None:
+        self.session = session
+        self.context = zmq.Context.instance()
+        self.sock = self.context.socket(zmq.ROUTER)
+        _tune(self.sock, session.max_bytes)
+        # Replies to a vanished peer are dropped instead of raising or queueing forever.
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sock.bind(f"tcp://{host}:{port}")
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+
+    def recv(self, timeout_ms: int) -> Received | None:
+        """The next request within `timeout_ms`, or None."""
+        if not self.poller.poll(timeout_ms):
+            return None
+        frames = self.sock.recv_multipart(copy=False)
+        identity = bytes(frames[0].buffer)
+        try:
+            return Received(identity, self.session.decode(frames[1:]), None)
+        except ProtocolError as error:
+            return Received(identity, None, error)
+
+    def reply(
+        self,
+        identity: bytes,
+        msg_type: str,
+        body: dict[str, Any] | None = None,
+        arrays: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        frames = self.session.encode(msg_type, body, arrays)
+        try:
+            self.sock.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the peer's queue is full: it is not reading; its own timeout recovers it
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Publisher:
+    """Learner side: broadcast to subscribers; a slow subscriber loses old messages, never
+    delays the learner."""
+
+    def __init__(self, session: Session, host: str, port: int) -> None:
+        self.session = session
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        _tune(self.sock, session.max_bytes)
+        self.sock.setsockopt(zmq.SNDHWM, 2)
+        self.sock.bind(f"tcp://{host}:{port}")
+
+    def publish(
+        self, msg_type: str, body: dict[str, Any], arrays: Sequence[tuple[str, Any]] = ()
+    ) -> None:
+        try:
+            self.sock.send_multipart(
+                self.session.encode(msg_type, body, arrays), copy=False, flags=zmq.NOBLOCK
+            )
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DealerClient:
+    """Worker side of the Lazy Pirate: requests with replies awaited under a timeout; on
+    silence the socket is thrown away and a fresh one connects (after a backoff chosen by the
+    caller), so nothing queued for a dead learner is ever replayed into a new one."""
+
+    def __init__(self, session: Session, host: str, port: int) -> None:
+        self.session = session
+        self.endpoint = f"tcp://{host}:{port}"
+        self.context = zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        self.close()
+        self.sock = self.context.socket(zmq.DEALER)
+        _tune(self.sock, self.session.max_bytes)
+        self.sock.setsockopt(zmq.SNDHWM, 4)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        # Queue only for peers that are connected: a dead learner costs no memory here.
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.connect(self.endpoint)
+
+    def send(
+        self,
+        msg_type: str,
+        body: dict[str, Any] | None = None,
+        arrays: Sequence[tuple[str, Any]] = (),
+        timeout_ms: int = 1000,
+    ) -> bool:
+        """Send one request; False when it cannot leave within the timeout (learner away)."""
+        assert self.sock is not None
+        frames = self.session.encode(msg_type, body, arrays)
+        if not self.sock.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        self.sock.send_multipart(frames, copy=False)
+        return True
+
+    def recv(self, timeout_ms: int) -> Received | None:
+        assert self.sock is not None
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        frames = self.sock.recv_multipart(copy=False)
+        try:
+            return Received(None, self.session.decode(frames), None)
+        except ProtocolError as error:
+            return Received(None, None, error)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+class Subscriber:
+    """Evaluator side: keeps only the newest broadcast (older ones are skipped)."""
+
+    def __init__(self, session: Session, host: str, port: int) -> None:
+        self.session = session
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        _tune(self.sock, session.max_bytes)
+        self.sock.setsockopt(zmq.RCVHWM, 2)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(f"tcp://{host}:{port}")
+
+    def recv_newest(self, timeout_ms: int) -> Received | None:
+        """Wait up to `timeout_ms` for a broadcast, then drain to the newest one."""
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        frames = self.sock.recv_multipart(copy=False)
+        while self.sock.poll(0, zmq.POLLIN):
+            frames = self.sock.recv_multipart(copy=False)
+        try:
+            return Received(None, self.session.decode(frames), None)
+        except ProtocolError as error:
+            return Received(None, None, error)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,67 @@
+"""Model parameters and gradients <-> one flat wire array, with a layout digest.
+
+Everything travels as a single flat buffer (one frame, no per-tensor overhead); the header's
+`layout` digest (names and shapes of every parameter) lets a receiver refuse a gradient for a
+different model before touching it. Float16 gradients are scaled by a power of two per
+message so that small gradients do not flush to zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+FLOAT16_TARGET_MAX = 2.0**14
+"""float16 gradients are scaled so that the largest lands near here (max finite: 65504)."""
+
+
+def layout_digest(model: nn.Module) -> str:
+    """A short fingerprint of parameter names and shapes, equal iff the layouts match."""
+    text = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parameter_vector(model: nn.Module) -> np.ndarray:
+    """A float32 snapshot of all parameters (a copy: safe to send while training goes on)."""
+    with torch.no_grad():
+        return torch.nn.utils.parameters_to_vector(model.parameters()).numpy()
+
+
+def load_parameter_vector(model: nn.Module, vector: np.ndarray) -> None:
+    with torch.no_grad():
+        flat = torch.from_numpy(np.asarray(vector, dtype=np.float32).copy())
+        torch.nn.utils.vector_to_parameters(flat, model.parameters())
+
+
+def gradient_vector(model: nn.Module, wire_dtype: str) -> tuple[np.ndarray, float]:
+    """The model's gradients as one wire array and the scale they were multiplied by."""
+    with torch.no_grad():
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+            for p in model.parameters()
+        ]
+        flat = torch.cat(grads)
+        if wire_dtype == "float32":
+            return flat.numpy(), 1.0
+        if wire_dtype == "bfloat16":
+            return flat.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), 1.0
+        largest = float(flat.abs().max())
+        scale = 1.0
+        if math.isfinite(largest) and largest > 0:
+            scale = 2.0 ** math.floor(math.log2(FLOAT16_TARGET_MAX / largest))
+            scale = min(max(scale, 2.0**-24), 2.0**40)
+        return (flat * scale).to(torch.float16).numpy(), scale
+
+
+def decode_into(out: np.ndarray, wire: np.ndarray, wire_dtype: str, scale: float) -> None:
+    """Write a wire array into a preallocated float32 vector (no intermediate copies)."""
+    if wire_dtype == "bfloat16":
+        np.copyto(out.view(np.uint32), wire.astype(np.uint32) << 16)
+    else:
+        np.copyto(out, wire, casting="unsafe")
+    if scale != 1.0:
+        out *= np.float32(1.0 / scale)

@@ -1,0 +1,269 @@
+"""The project's own rules for rendered manifests: what a schema cannot see.
+
+Each check takes every rendered resource and returns problems as "Kind/name: what is wrong".
+Generic rules (limits, probes, non-root, pinned images, labels, references that resolve) hold
+for every pod; the A3C rules check the wiring between the services: the settings the services'
+own config accepts, the learner address and ports, the metrics port the probes and Prometheus
+use, the checkpoint volume, the shared key mount.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from unittest import mock
+
+import yaml
+
+Doc = dict[str, Any]
+A3C_NAME = "a3c-breakout"
+NAME, PART_OF, COMPONENT = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+)
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+HEALTH_PATHS = ("/healthz", "/readyz", "/health")
+MIN_LEARNER_GRACE_S = 60
+
+
+@dataclass(frozen=True)
+class MonitoringSources:
+    """The shared monitoring files; Kubernetes' copies of them must not drift."""
+
+    dashboard: str
+    alerts: str
+    prometheus_config: str
+
+
+@dataclass
+class Pod:
+    """A workload's pod template, with what the checks need to find in it."""
+
+    owner: Doc
+    spec: Doc
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner['kind']}/{self.owner['metadata']['name']}"
+
+    @property
+    def component(self) -> str | None:
+        return self.labels.get(COMPONENT) if self.labels.get(NAME) == A3C_NAME else None
+
+
+class Resources:
+    def __init__(self, docs: list[Doc]) -> None:
+        self.docs = docs
+        self.pods = [pod for doc in docs if (pod := _pod_of(doc))]
+
+    def of_kind(self, kind: str) -> list[Doc]:
+        return [doc for doc in self.docs if doc.get("kind") == kind]
+
+    def get(self, kind: str, name: str) -> Doc | None:
+        return next((d for d in self.of_kind(kind) if d["metadata"]["name"] == name), None)
+
+
+def _pod_of(doc: Doc) -> Pod | None:
+    if doc.get("kind") not in WORKLOADS:
+        return None
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    template = spec.get("template", {})
+    meta = template.get("metadata", {})
+    return Pod(doc, template.get("spec", {}), meta.get("labels", {}), meta.get("annotations", {}))
+
+
+def _containers(pod: Pod, init: bool = True) -> Iterator[Doc]:
+    yield from pod.spec.get("containers", [])
+    if init:
+        yield from pod.spec.get("initContainers", [])
+
+
+def _selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- Every resource and every pod -------------------------------------------------------
+
+
+def check_labels(r: Resources) -> list[str]:
+    problems = []
+    for doc in r.docs:
+        labels = doc.get("metadata", {}).get("labels", {})
+        missing = [key for key in (NAME, PART_OF) if key not in labels]
+        if missing:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: missing labels {missing}")
+    for pod in r.pods:
+        selector = pod.owner["spec"].get("selector", {}).get("matchLabels")
+        if selector and not _selects(selector, pod.labels):
+            problems.append(f"{pod.name}: selector {selector} does not match the pod labels")
+        if NAME not in pod.labels or COMPONENT not in pod.labels:
+            problems.append(f"{pod.name}: pod template needs {NAME} and {COMPONENT} labels")
+    return problems
+
+
+def check_images(r: Resources) -> list[str]:
+    problems = []
+    for pod in r.pods:
+        for c in _containers(pod):
+            image = c.get("image", "")
+            last = image.rsplit("/", 1)[-1]
+            if "@sha256:" in image:
+                continue
+            if ":" not in last or last.endswith(":latest"):
+                problems.append(f"{pod.name}: container {c['name']}: image {image!r} must be "
+                                "pinned to a tag other than latest (or a digest)")
+    return problems
+
+
+_UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | int | float) -> float:
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    if not match or match.group(2) not in ("", *_UNITS):
+        raise ValueError(f"bad quantity {value!r}")
+    return float(match.group(1)) * _UNITS.get(match.group(2), 1)
+
+
+def check_resources(r: Resources) -> list[str]:
+    problems = []
+    for pod in r.pods:
+        for c in _containers(pod):
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                missing = [x for x in ("cpu", "memory") if x not in res.get(kind, {})]
+                if missing:
+                    problems.append(f"{pod.name}: container {c['name']}: no {kind} for {missing}")
+            for x in ("cpu", "memory"):
+                req, lim = res.get("requests", {}).get(x), res.get("limits", {}).get(x)
+                if req is not None and lim is not None and quantity(req) > quantity(lim):
+                    problems.append(f"{pod.name}: container {c['name']}: {x} request {req} "
+                                    f"exceeds its limit {lim}")
+    return problems
+
+
+def check_probes(r: Resources) -> list[str]:
+    problems = []
+    for pod in r.pods:
+        if pod.owner["kind"] in ("Job", "CronJob"):
+            continue
+        for c in _containers(pod, init=False):
+            missing = [p for p in ("livenessProbe", "readinessProbe") if p not in c]
+            if missing:
+                problems.append(f"{pod.name}: container {c['name']}: no {' or '.join(missing)}")
+    return problems
+
+
+def check_security(r: Resources) -> list[str]:
+    problems = []
+    for pod in r.pods:
+        pod_sc = pod.spec.get("securityContext", {})
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if pod.spec.get(flag):
+                problems.append(f"{pod.name}: {flag} must not be set")
+        if any("hostPath" in v for v in pod.spec.get("volumes", [])):
+            problems.append(f"{pod.name}: hostPath volumes are not allowed")
+        for c in _containers(pod):
+            sc = c.get("securityContext", {})
+
+            def effective(key: str) -> Any:
+                return sc.get(key, pod_sc.get(key))
+
+            where = f"{pod.name}: container {c['name']}"
+            if effective("runAsNonRoot") is not True or effective("runAsUser") == 0:
+                problems.append(f"{where}: must run as non-root (runAsNonRoot: true)")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: needs allowPrivilegeEscalation: false")
+            if sc.get("privileged"):
+                problems.append(f"{where}: must not be privileged")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: needs readOnlyRootFilesystem: true")
+            caps = sc.get("capabilities", {})
+            if "ALL" not in caps.get("drop", []) or caps.get("add"):
+                problems.append(f"{where}: must drop ALL capabilities and add none")
+            seccomp = (effective("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{where}: needs seccompProfile RuntimeDefault")
+    return problems
+
+
+def check_references(r: Resources) -> list[str]:
+    """ConfigMaps, volume claims and service accounts a pod uses must be in the output.
+    Secrets may come from outside (the prod key is created by hand or a secret manager)."""
+    problems = []
+    claim_templates = {
+        (pod.name, t["metadata"]["name"])
+        for pod in r.pods
+        for t in pod.owner["spec"].get("volumeClaimTemplates", [])
+    }
+    for pod in r.pods:
+        configmaps = [v["configMap"]["name"] for v in pod.spec.get("volumes", []) if "configMap" in v]
+        for c in _containers(pod):
+            configmaps += [e["configMapRef"]["name"] for e in c.get("envFrom", [])
+                           if "configMapRef" in e and not e["configMapRef"].get("optional")]
+        problems += [f"{pod.name}: ConfigMap {name} is not defined"
+                     for name in configmaps if not r.get("ConfigMap", name)]
+        for volume in pod.spec.get("volumes", []):
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim and not r.get("PersistentVolumeClaim", claim):
+                problems.append(f"{pod.name}: PersistentVolumeClaim {claim} is not defined")
+        volumes = {v["name"] for v in pod.spec.get("volumes", [])}
+        for c in _containers(pod):
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] not in volumes and (pod.name, mount["name"]) not in claim_templates:
+                    problems.append(f"{pod.name}: volumeMount {mount['name']} has no volume")
+        account = pod.spec.get("serviceAccountName")
+        if account and account != "default" and not r.get("ServiceAccount", account):
+            problems.append(f"{pod.name}: ServiceAccount {account} is not defined")
+    for binding in r.of_kind("RoleBinding"):
+        namespace = binding["metadata"].get("namespace")
+        for subject in binding.get("subjects", []):
+            if subject.get("kind") == "ServiceAccount" and subject.get("namespace") != namespace:
+                problems.append(f"RoleBinding/{binding['metadata']['name']}: subject "
+                                f"{subject['name']} is in namespace {subject.get('namespace')}, "
+                                f"not {namespace}")
+    return problems
+
+
+def _pod_ports(pod: Pod) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in _containers(pod, init=False)
+            for p in c.get("ports", []) if "name" in p}
+
+
+def check_services(r: Resources) -> list[str]:
+    """A Service must select some pod, and its named target ports must exist on those pods."""
+    problems = []
+    for svc in r.of_kind("Service"):
+        selector = svc.get("spec", {}).get("selector")
+        if not selector:
+            continue
+        pods = [pod for pod in r.pods if _selects(selector, pod.labels)]
+        name = f"Service/{svc['metadata']['name']}"
+        if not pods:
+            problems.append(f"{name}: selector {selector} matches no pod")
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            for pod in pods:
+                if isinstance(target, str) and target not in _pod_ports(pod):
+                    problems.append(f"{name}: targetPort {target} is not a port of {pod.name}")
+    for hpa in r.of_kind("HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = r.get(ref["kind"], ref["name"])
+        name = f"HorizontalPodAutoscaler/{hpa['metadata']['name']}"
+        if target is None:
+            problems.append(f"{name}: scale target {ref['kind']}/{ref['name']} is not defined")
+        elif "replicas" in target["spec"]:
+            problems.append(f"{name}: {ref['kind']}/{ref['name']} sets spec.replicas, which "
+                            "resets the autoscaler's count on every apply; remove it")
+    return problems

@@ -1,0 +1,84 @@
+"""`a3c`: one program for every role, so every flag is shared and means the same everywhere.
+
+    a3c run        learner + N workers + evaluator as local processes on 127.0.0.1
+    a3c learner    the learner service
+    a3c worker     a worker service
+    a3c evaluator  the evaluator service
+    a3c evaluate   play N games with a checkpoint under the evaluation protocol
+
+Every flag is a field of common.config.Config and can also be set as A3C_<FIELD>. Invalid
+settings are all reported at once, with exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from common.config import Config, ConfigError, add_config_flags, load_config
+
+
+def _run(config: Config) -> None:
+    from services.local.launcher import run_local
+
+    run_local(config)
+
+
+def _learner(config: Config) -> None:
+    from services.learner.learner import run_learner
+
+    run_learner(config)
+
+
+def _worker(config: Config) -> None:
+    from services.worker.worker import run_worker
+
+    run_worker(config)
+
+
+def _evaluator(config: Config) -> None:
+    from services.evaluator.evaluator import run_evaluator
+
+    run_evaluator(config)
+
+
+def _evaluate(config: Config) -> None:
+    from services.evaluator.offline import evaluate_checkpoint
+
+    evaluate_checkpoint(config)
+
+
+COMMANDS: dict[str, tuple[Callable[[Config], None], str]] = {
+    "run": (_run, "train locally: learner + workers + evaluator as processes on loopback"),
+    "learner": (_learner, "run the learner service"),
+    "worker": (_worker, "run a worker service"),
+    "evaluator": (_evaluator, "run the evaluator service"),
+    "evaluate": (_evaluate, "evaluate a checkpoint: --checkpoint PATH --episodes N --out FILE"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="a3c", description="Distributed A3C (LSTM actor-critic) over ZeroMQ."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_config_flags(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        config = load_config(args)
+    except ConfigError as error:
+        print(f"a3c {command}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    COMMANDS[command][0](config)
+
+
+if __name__ == "__main__":
+    main()

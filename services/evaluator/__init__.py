@@ -1,0 +1,1 @@
+"""The evaluator service: `a3c evaluator` / `python -m services.evaluator`."""

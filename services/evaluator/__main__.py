@@ -1,0 +1,5 @@
+import sys
+
+from services.cli import main
+
+main(["evaluator", *sys.argv[1:]])

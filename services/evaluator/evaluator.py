@@ -1,0 +1,153 @@
+"""The evaluator: plays full games with the newest broadcast weights under the standard
+protocol (common.envs, DESIGN section 1) and exports the scores.
+
+It subscribes to the learner's weight broadcast (it never talks back, so it cannot slow the
+learner down), swaps in new weights only between games, and reports the mean over the last
+`eval_window` games together with the model version and training frames behind each score.
+It keeps the best-scoring weights on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from common.checkpoint import atomic_save
+from common.config import Config, split_address
+from common.envs import env_spaces, make_env
+from common.evaluation import EpisodeResult, play_episode
+from common.metrics import EvaluatorMetrics, Health, evaluator_metrics
+from common.model import ActorCritic
+from common.protocol import Session
+from common.transport import Subscriber
+from common.weights import layout_digest, load_parameter_vector
+
+log = logging.getLogger("evaluator")
+
+
+class Evaluator:
+    def __init__(self, config: Config, metrics: EvaluatorMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or evaluator_metrics()
+        obs_shape, n_actions = env_spaces(config.env)
+        self.model = ActorCritic(obs_shape, n_actions)
+        self.layout = layout_digest(self.model)
+        self.env = make_env(config.env, config.seed, training=False)
+        session = Session(f"evaluator-{config.resolved_worker_id}", config.shared_key(),
+                          config.max_message_bytes)
+        host, port = split_address(config.learner)
+        self.subscriber = Subscriber(session, host, port + 1)
+        self.version = -1
+        self.train_frames = 0
+        self.scores: deque[float] = deque(maxlen=config.eval_window)
+        self.best_mean = float("-inf")
+        self.episodes = 0
+        self._last_start = float("-inf")
+
+    def poll_weights(self, timeout_ms: int) -> None:
+        received = self.subscriber.recv_newest(timeout_ms)
+        if received is None:
+            return
+        if received.error is not None:
+            self.metrics.rejected.labels(reason=received.error.reason).inc()
+            log.warning("refused broadcast: %s", received.error)
+            return
+        message = received.message
+        assert message is not None
+        if message.type != "weights" or message.body.get("layout") != self.layout:
+            self.metrics.rejected.labels(reason="model_mismatch").inc()
+            log.warning("broadcast for another model or type (%s); ignored", message.type)
+            return
+        self.metrics.weights_received.inc()
+        version = int(message.body["model_version"])
+        if version != self.version:
+            load_parameter_vector(self.model, message.arrays[0])
+            self.version, self.train_frames = version, int(message.body["frames"])
+
+    def evaluate_once(self, stop: threading.Event) -> EpisodeResult | None:
+        version, frames = self.version, self.train_frames
+        started = time.time()
+        result = play_episode(
+            self.model, self.env, self.config.env, self.config.eval_policy,
+            seed=self.config.seed + self.episodes, stop=stop,
+        )
+        if result is None:
+            return None
+        self.episodes += 1
+        self.scores.append(result.score)
+        mean = sum(self.scores) / len(self.scores)
+        self.metrics.episodes.inc()
+        self.metrics.last_score.set(result.score)
+        self.metrics.score_mean.set(mean)
+        self.metrics.model_version.set(version)
+        self.metrics.train_frames.set(frames)
+        self.metrics.episode_frames.set(result.frames)
+        record = {
+            "time": started,
+            "duration_s": round(time.time() - started, 3),
+            "frames": frames,
+            "version": version,
+            "score": result.score,
+            "mean_score": mean,
+            "episode_frames": result.frames,
+            "truncated": result.truncated,
+            "policy": self.config.eval_policy,
+        }
+        log.info("episode %d: score %.1f, mean %.1f over %d (version %d, %d frames)",
+                 self.episodes, result.score, mean, len(self.scores), version, frames)
+        if self.config.eval_log is not None:
+            with self.config.eval_log.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if len(self.scores) == self.scores.maxlen and mean > self.best_mean:
+            self.best_mean = mean
+            self.metrics.best_score.set(mean)
+            self._save_best(version, frames, mean)
+        return result
+
+    def _save_best(self, version: int, frames: int, mean: float) -> None:
+        path: Path | None = self.config.best_model_path
+        if path is None:
+            return
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "model_version": version,
+            "frames": frames,
+            "layout": self.layout,
+            "env": self.config.env,
+            "eval_mean": mean,
+        }
+        atomic_save(path, state)
+
+    def run(self, stop: threading.Event, health: Health | None = None) -> None:
+        try:
+            while not stop.is_set():
+                self.poll_weights(200 if self.version >= 0 else 1000)
+                if health is not None:
+                    health.tick()
+                wait = self.config.eval_interval - (time.monotonic() - self._last_start)
+                if self.version < 0 or wait > 0:
+                    stop.wait(min(max(wait, 0.0), 0.2))
+                    continue
+                self._last_start = time.monotonic()
+                self.evaluate_once(stop)
+        finally:
+            self.subscriber.close()
+            self.env.close()
+
+
+def run_evaluator(config: Config) -> None:
+    from common.service import start_service
+
+    metrics = evaluator_metrics()
+    # Health is judged on whole games, which can take minutes for a good Breakout agent.
+    runtime = start_service("evaluator", config.resolved_worker_id, config, metrics.registry,
+                            stale_after=900)
+    try:
+        Evaluator(config, metrics).run(runtime.stop, runtime.health)
+    finally:
+        runtime.close()

@@ -1,0 +1,89 @@
+"""`a3c evaluate`: play N full games with a saved model under the evaluation protocol and
+write the scores as JSON. Works on learner checkpoints, the evaluator's best model and
+shipped models alike (anything with `model` and `layout`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+
+from common.checkpoint import MODEL_KEYS, load_checkpoint
+from common.config import Config
+from common.envs import EVAL_STICKY_ACTIONS, NOOP_MAX, ATARI_FRAME_CAP, env_spaces, is_atari, make_env
+from common.evaluation import play_episode
+from common.logs import setup_logging
+from common.model import ActorCritic
+from common.weights import layout_digest
+
+log = logging.getLogger("evaluate")
+
+
+def load_policy(config: Config) -> tuple[ActorCritic, dict]:
+    if config.checkpoint is None:
+        print("a3c evaluate: --checkpoint PATH is required", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        state = load_checkpoint(config.checkpoint, MODEL_KEYS)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"a3c evaluate: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    obs_shape, n_actions = env_spaces(config.env)
+    model = ActorCritic(obs_shape, n_actions)
+    if state["layout"] != layout_digest(model):
+        print(
+            f"a3c evaluate: {config.checkpoint} was trained on {state.get('env', 'another env')}, "
+            f"not {config.env} (pass --env)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    model.eval()
+    return model, state
+
+
+def evaluate_checkpoint(config: Config) -> dict:
+    setup_logging("evaluate", str(config.checkpoint), config.log_level, config.log_format)
+    model, state = load_policy(config)
+    env = make_env(config.env, config.seed, training=False)
+    scores, frames = [], []
+    started = time.time()
+    for episode in range(config.episodes):
+        result = play_episode(model, env, config.env, config.eval_policy, seed=config.seed + episode)
+        assert result is not None
+        scores.append(result.score)
+        frames.append(result.frames)
+        log.info("episode %d/%d: score %.1f (%d frames)", episode + 1, config.episodes,
+                 result.score, result.frames)
+    env.close()
+    report = {
+        "env": config.env,
+        "checkpoint": str(config.checkpoint),
+        "model_version": int(state.get("model_version", -1)),
+        "train_frames": int(state.get("frames", -1)),
+        "episodes": len(scores),
+        "scores": scores,
+        "mean_score": statistics.fmean(scores),
+        "std_score": statistics.pstdev(scores),
+        "episode_frames": frames,
+        "wall_s": round(time.time() - started, 2),
+        "protocol": {
+            "policy": config.eval_policy,
+            "seed": config.seed,
+            "full_games": True,
+            "raw_score": True,
+            **(
+                {"sticky_actions": EVAL_STICKY_ACTIONS, "noop_max": NOOP_MAX,
+                 "frame_cap": ATARI_FRAME_CAP}
+                if is_atari(config.env) else {}
+            ),
+        },
+    }
+    text = json.dumps(report, indent=2)
+    if config.out is not None:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(text + "\n")
+    print(text)
+    return report

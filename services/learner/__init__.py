@@ -1,0 +1,1 @@
+"""The learner service: `a3c learner` / `python -m services.learner`."""

@@ -1,0 +1,5 @@
+import sys
+
+from services.cli import main
+
+main(["learner", *sys.argv[1:]])

@@ -1,0 +1,292 @@
+"""`a3c run`: the embedded cluster. Learner, N workers and an evaluator as local processes on
+127.0.0.1, all wiring in this one place.
+
+It writes the run directory (config.json, checkpoints/, eval.jsonl, logs/, summary.json),
+prints progress read from the learner's own /metrics and the evaluator's eval.jsonl, restarts
+a child that dies, and stops by itself at --max-frames, --duration or --target-score. On
+Ctrl-C or SIGTERM it stops workers and evaluator first, then the learner (which writes its
+final checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.checkpoint import load_newest
+from common.config import Config
+
+STOP_TIMEOUT_S = 20.0
+MAX_RESTARTS = 5
+
+
+def free_port(pair: bool = False) -> int:
+    """A free loopback port (and, with pair=True, its successor free too)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if not pair:
+                return port
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log_path: Path
+    metrics_port: int
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    log_handle: Any = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *self.args],
+            stdout=self.log_handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches only the launcher, which stops in order
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  {self.name} did not stop in {timeout:.0f}s; killing it", flush=True)
+                self.process.kill()
+                self.process.wait()
+        if self.log_handle is not None:
+            self.log_handle.close()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sample values of a service's /metrics, keyed by sample name (labels dropped)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.labels:
+                values[sample.name] = sample.value
+    return values
+
+
+def read_eval(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return records
+
+
+def eval_summary(records: list[dict[str, Any]], window: int) -> dict[str, Any]:
+    scores = [float(r["score"]) for r in records]
+    last = scores[-window:]
+    full_windows = [float(r["mean_score"]) for i, r in enumerate(records) if i + 1 >= window]
+    return {
+        "episodes": len(scores),
+        "mean_score": sum(last) / len(last) if last else None,
+        "best_score": max(full_windows or [float(r["mean_score"]) for r in records] or [None]),
+        "max_episode_score": max(scores) if scores else None,
+        "last_scores": last,
+        "window": window,
+        "last_model_version": records[-1]["version"] if records else None,
+        "last_train_frames": records[-1]["frames"] if records else None,
+    }
+
+
+class LocalCluster:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = re.sub(r"[^A-Za-z0-9]+", "-", config.env).strip("-").lower()
+        self.run_dir = config.run_dir or Path("runs") / f"{name}-{stamp}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.eval_log = self.run_dir / "eval.jsonl"
+        port = free_port(pair=True)
+        self.learner_port = port
+        common = {"host": "127.0.0.1", "learner": f"127.0.0.1:{port}", "port": port,
+                  "metrics_host": "127.0.0.1", "log_format": "text"}
+        self.children: list[Child] = []
+        self.learner = self._child("learner", "services.learner", common,
+                                   checkpoint_dir=self.run_dir / "checkpoints")
+        for i in range(config.workers):
+            self._child(f"worker-{i}", "services.worker", common, worker_id=f"worker-{i}",
+                        seed=config.seed + 1000 * (i + 1))
+        self.evaluator = self._child("evaluator", "services.evaluator", common,
+                                     worker_id="evaluator", eval_log=self.eval_log,
+                                     best_model_path=self.run_dir / "best.pt")
+        (self.run_dir / "config.json").write_text(
+            json.dumps({**config.to_public_dict(), "run_dir": str(self.run_dir),
+                        "learner_port": port}, indent=2) + "\n"
+        )
+        self.env = dict(os.environ)
+        if config.auth_key is not None:
+            self.env["A3C_AUTH_KEY"] = config.auth_key.get_secret_value()
+
+    def _child(self, name: str, module: str, common: dict[str, Any], **overrides: Any) -> Child:
+        metrics_port = free_port()
+        args = [module, *self.config.to_cli_args(**common, metrics_port=metrics_port,
+                                                 **overrides)]
+        child = Child(name, args, self.run_dir / "logs" / f"{name}.log", metrics_port)
+        self.children.append(child)
+        return child
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        print(f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True)
+        for child in self.children:
+            child.start(self.env)
+        started = time.monotonic()
+        stopped_by = "interrupt"
+        last = (started, 0.0, 0.0)
+        metrics: dict[str, float] = {}
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while True:
+                time.sleep(min(config.progress_interval, 1.0))
+                self._revive_dead()
+                now = time.monotonic()
+                metrics = scrape(self.learner.metrics_port) or metrics
+                frames = metrics.get("a3c_learner_env_frames_total", 0.0)
+                updates = metrics.get("a3c_learner_updates_total", 0.0)
+                evals = eval_summary(read_eval(self.eval_log), config.eval_window)
+                if now - last[0] >= config.progress_interval:
+                    self._print_progress(now - started, frames, updates, metrics, evals, last)
+                    last = (now, frames, updates)
+                if config.max_frames is not None and frames >= config.max_frames:
+                    stopped_by = "max_frames"
+                    break
+                if config.duration is not None and now - started >= config.duration:
+                    stopped_by = "duration"
+                    break
+                if (config.target_score is not None and evals["episodes"] >= config.eval_window
+                        and evals["mean_score"] >= config.target_score):
+                    stopped_by = "target_score"
+                    break
+        except KeyboardInterrupt:
+            print("\na3c run: interrupted; stopping cleanly", flush=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            wall = time.monotonic() - started
+            self.stop()
+        return self._summarise(stopped_by, wall)
+
+    def _print_progress(self, elapsed: float, frames: float, updates: float,
+                        metrics: dict[str, float], evals: dict[str, Any],
+                        last: tuple[float, float, float]) -> None:
+        span = max(time.monotonic() - last[0], 1e-6)
+        score = "-" if evals["mean_score"] is None else (
+            f"{evals['mean_score']:.1f} over {len(evals['last_scores'])} "
+            f"(v{evals['last_model_version']})"
+        )
+        print(
+            f"[{elapsed:6.0f}s] frames {frames:,.0f} ({(frames - last[1]) / span:,.0f}/s) | "
+            f"updates {updates:,.0f} ({(updates - last[2]) / span:,.1f}/s) | "
+            f"version {metrics.get('a3c_learner_model_version', 0):,.0f} | "
+            f"workers {metrics.get('a3c_learner_workers_active', 0):.0f} | eval {score}",
+            flush=True,
+        )
+
+    def _revive_dead(self) -> None:
+        for child in self.children:
+            if child.process is not None and not child.alive():
+                code = child.process.returncode
+                print(f"a3c run: {child.name} exited with {code}; last log lines:\n"
+                      f"{child.log_tail()}", flush=True)
+                if child.restarts >= MAX_RESTARTS:
+                    raise RuntimeError(f"{child.name} keeps dying; see {child.log_path}")
+                child.restarts += 1
+                child.start(self.env)
+
+    def stop(self) -> None:
+        """Workers and evaluator first (in parallel), then the learner's final checkpoint."""
+        others = [child for child in self.children if child is not self.learner]
+        for child in others:
+            if child.alive():
+                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for child in others:
+            child.stop()
+        code = self.learner.stop()
+        if code not in (0, None):
+            print(f"a3c run: learner exited with {code}:\n{self.learner.log_tail()}", flush=True)
+
+    def _summarise(self, stopped_by: str, wall: float) -> dict[str, Any]:
+        state, _ = load_newest(self.run_dir / "checkpoints")
+        frames = int(state["frames"]) if state else 0
+        summary = {
+            "env": self.config.env,
+            "frames": frames,
+            "updates": int(state.get("updates", 0)) if state else 0,
+            "wall_s": round(wall, 2),
+            "frames_per_s": round(frames / wall, 1) if wall > 0 else 0.0,
+            "model_version": int(state["model_version"]) if state else 0,
+            "workers": self.config.workers,
+            "stopped_by": stopped_by,
+            "eval": eval_summary(read_eval(self.eval_log), self.config.eval_window),
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        evals = summary["eval"]
+        mean = "-" if evals["mean_score"] is None else f"{evals['mean_score']:.1f}"
+        print(
+            f"a3c run: stopped by {stopped_by} after {wall:.0f}s: {frames:,} frames "
+            f"({summary['frames_per_s']:,.0f}/s), version {summary['model_version']:,}, "
+            f"eval mean {mean} over {len(evals['last_scores'])} games; "
+            f"summary in {self.run_dir / 'summary.json'}",
+            flush=True,
+        )
+        return summary
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(config: Config) -> dict[str, Any]:
+    return LocalCluster(config).run()

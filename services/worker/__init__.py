@@ -1,0 +1,1 @@
+"""The worker service: `a3c worker` / `python -m services.worker`."""

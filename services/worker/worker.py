@@ -1,0 +1,291 @@
+"""The worker: an independent actor that plays its own environments, turns each n-step
+rollout into a gradient, and sends it to the learner with the model version it was computed on.
+
+Flow control: at most `max_inflight` gradients wait for an acknowledgement; each ack carries
+the newest weights, so the next rollout starts from the global model (the A3C "sync").
+Liveness (Lazy Pirate): if the learner stays silent for `learner_timeout`, the socket is
+replaced and the worker says hello again, backing off exponentially; gradients computed
+meanwhile are dropped rather than queued, so a learner outage costs no memory here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from common.a3c import a3c_loss, gae
+from common.config import Config, split_address
+from common.envs import env_spaces, frames_per_step, make_vector_env
+from common.metrics import Health, WorkerMetrics, worker_metrics
+from common.model import ActorCritic, LSTMState
+from common.protocol import Message, Session
+from common.transport import DealerClient
+from common.weights import gradient_vector, layout_digest, load_parameter_vector
+
+log = logging.getLogger("worker")
+
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class Rollout:
+    """What one rollout produced, ready to send."""
+
+    frames: int
+    stats: dict[str, float]
+    episode_returns: list[float] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, config: Config, metrics: WorkerMetrics | None = None) -> None:
+        torch.set_num_threads(1)
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.metrics = metrics or worker_metrics()
+        self.worker_id = config.resolved_worker_id
+        obs_shape, n_actions = env_spaces(config.env)
+        self.model = ActorCritic(obs_shape, n_actions)
+        self.layout = layout_digest(self.model)
+        self.envs = make_vector_env(
+            config.env, config.seed, config.num_envs, config.train_sticky_actions
+        )
+        self.frames_per_step = frames_per_step(config.env)
+        self.session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
+        host, port = split_address(config.learner)
+        self.client = DealerClient(self.session, host, port)
+        self.version = -1
+        self.inflight = 0
+        self.applied = 0
+        self._last_sent = time.monotonic()
+        self._backoff = 0.5
+        obs, _ = self.envs.reset(seed=config.seed)
+        self.obs = torch.as_tensor(obs)
+        self.state: LSTMState = self.model.initial_state(config.num_envs)
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connect(self, stop: threading.Event) -> bool:
+        """Say hello until the learner welcomes us (with backoff); False if stopped first."""
+        while not stop.is_set():
+            self.inflight = 0
+            sent = self.client.send("hello", {"layout": self.layout, "role": "worker"})
+            reply = self.client.recv(int(self.config.learner_timeout * 1000)) if sent else None
+            if reply is not None and reply.message is not None:
+                if reply.message.type == "welcome":
+                    self._load_weights(reply.message)
+                    self._backoff = 0.5
+                    self._last_sent = time.monotonic()
+                    log.info("welcomed by learner at version %d", self.version)
+                    return True
+                log.error("learner refused hello: %s", reply.message.body.get("detail"))
+            elif reply is not None and reply.error is not None:
+                log.error("unreadable reply from learner: %s", reply.error)
+            self.metrics.reconnects.inc()
+            delay = self._backoff * random.uniform(0.5, 1.5)
+            log.warning("learner %s not answering; retrying in %.1fs", self.config.learner, delay)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            stop.wait(delay)
+            self.client.connect()
+        return False
+
+    def _load_weights(self, message: Message) -> None:
+        if message.body.get("layout") != self.layout or len(message.arrays) != 1:
+            log.error("learner sent weights for another model; ignoring them")
+            return
+        load_parameter_vector(self.model, message.arrays[0])
+        self.version = int(message.body["model_version"])
+        self.metrics.model_version.set(self.version)
+
+    def _handle_reply(self, message: Message) -> bool:
+        """Apply an ack/heartbeat/error; False when we must say hello again."""
+        if message.type == "ack":
+            self.inflight = max(0, self.inflight - 1)
+            if message.body.get("accepted"):
+                self.applied += 1
+                self.metrics.updates_acked.inc()
+            else:
+                reason = str(message.body.get("reason", "unknown"))
+                self.metrics.rejected.labels(reason=reason).inc()
+                log.warning("gradient refused: %s", message.body.get("detail"))
+            if message.arrays:
+                self._load_weights(message)
+            return True
+        if message.type == "heartbeat":
+            return True
+        if message.type == "error":
+            self.inflight = max(0, self.inflight - 1)
+            reason = str(message.body.get("reason", "unknown"))
+            self.metrics.rejected.labels(reason=reason).inc()
+            log.warning("learner error: %s (%s)", reason, message.body.get("detail"))
+            return reason != "unknown_worker"
+        return True
+
+    def _await_replies(self, block: bool) -> bool:
+        """Read replies; block while `max_inflight` are pending. False on learner timeout."""
+        started = time.monotonic()
+        while True:
+            must_wait = block and self.inflight >= self.config.max_inflight
+            remaining = self.config.learner_timeout - (time.monotonic() - started)
+            if must_wait and remaining <= 0:
+                return False
+            reply = self.client.recv(int(remaining * 1000) if must_wait else 0)
+            if reply is None:
+                if must_wait:
+                    return False
+                return True
+            if reply.message is None:
+                log.error("unreadable reply from learner: %s", reply.error)
+                continue
+            if not self._handle_reply(reply.message):
+                return False
+
+    # --- the actor-learner step ------------------------------------------------------------
+
+    def rollout(self) -> Rollout:
+        """Play n_steps in every env and leave the A3C loss's gradient in the model."""
+        config, model = self.config, self.model
+        timers = {"env": 0.0, "forward": 0.0, "backward": 0.0}
+        h, c = self.state[0].detach(), self.state[1].detach()
+        logits_t, values_t, actions_t, rewards_t, dones_t = [], [], [], [], []
+        episode_returns: list[float] = []
+        for _ in range(config.n_steps):
+            t0 = time.perf_counter()
+            logits, value, (h, c) = model(self.obs, (h, c))
+            action = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(-1)
+            t1 = time.perf_counter()
+            obs, reward, terminated, truncated, info = self.envs.step(action.numpy())
+            t2 = time.perf_counter()
+            reward = torch.as_tensor(reward, dtype=torch.float32)
+            if truncated.any():
+                reward = reward + self._truncation_bootstrap(info, truncated, terminated, (h, c))
+            done = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+            episode_returns += self._finished_games(info)
+            logits_t.append(logits)
+            values_t.append(value)
+            actions_t.append(action)
+            rewards_t.append(reward)
+            dones_t.append(done)
+            keep = (1.0 - done).unsqueeze(-1)
+            h, c = h * keep, c * keep
+            self.obs = torch.as_tensor(obs)
+            timers["forward"] += t1 - t0
+            timers["env"] += t2 - t1
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            _, bootstrap, _ = model(self.obs, (h, c))
+        advantages, returns = gae(
+            torch.stack(rewards_t), torch.stack(values_t), torch.stack(dones_t), bootstrap,
+            config.gamma, config.gae_lambda,
+        )
+        loss = a3c_loss(
+            torch.stack(logits_t), torch.stack(actions_t), torch.stack(values_t), advantages,
+            returns, config.value_coef, config.entropy_coef, config.normalize_advantages,
+        )
+        t1 = time.perf_counter()
+        model.zero_grad(set_to_none=False)
+        loss.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        self.state = (h.detach(), c.detach())
+        timers["forward"] += t1 - t0
+        timers["backward"] += time.perf_counter() - t1
+        for phase, seconds in timers.items():
+            self.metrics.phase_seconds.labels(phase=phase).inc(seconds)
+        frames = config.n_steps * config.num_envs * self.frames_per_step
+        self.metrics.env_frames.inc(frames)
+        stats = {
+            "policy_loss": loss.policy,
+            "value_loss": loss.value,
+            "entropy": loss.entropy,
+            "grad_norm": float(grad_norm),
+        }
+        return Rollout(frames, stats, episode_returns)
+
+    @torch.no_grad()
+    def _truncation_bootstrap(
+        self, info: dict, truncated: np.ndarray, terminated: np.ndarray, state: LSTMState
+    ) -> torch.Tensor:
+        """A time limit is not a real end: fold gamma * V(final obs) into the last reward."""
+        bonus = torch.zeros(len(truncated))
+        final_obs = info.get("final_obs")
+        for i in np.flatnonzero(truncated & ~terminated):
+            if final_obs is None or final_obs[i] is None:
+                continue
+            obs = torch.as_tensor(np.asarray(final_obs[i], dtype=np.float32)).unsqueeze(0)
+            _, value, _ = self.model(obs, (state[0][i : i + 1], state[1][i : i + 1]))
+            bonus[i] = self.config.gamma * float(value)
+        return bonus
+
+    def _finished_games(self, info: dict) -> list[float]:
+        final = info.get("final_info")
+        if not final or "game_score" not in final:
+            return []
+        scores = [float(s) for s, done in zip(final["game_score"], final["_game_score"]) if done]
+        for score in scores:
+            self.metrics.episodes.inc()
+            self.metrics.episode_return.set(score)
+        return scores
+
+    def send_gradient(self, rollout: Rollout) -> bool:
+        t0 = time.perf_counter()
+        if not math.isfinite(rollout.stats["grad_norm"]):
+            log.error("dropping a non-finite gradient (version %d)", self.version)
+            return True
+        wire, scale = gradient_vector(self.model, self.config.grad_dtype)
+        body = {
+            "model_version": self.version,
+            "frames": rollout.frames,
+            "layout": self.layout,
+            "scale": scale,
+            "stats": rollout.stats,
+            "episode_returns": rollout.episode_returns,
+        }
+        sent = self.client.send(
+            "gradient", body, [(self.config.grad_dtype, wire)],
+            timeout_ms=int(self.config.learner_timeout * 1000),
+        )
+        if sent:
+            self.inflight += 1
+            self._last_sent = time.monotonic()
+            self.metrics.updates_sent.inc()
+        ok = sent and self._await_replies(block=True)
+        self.metrics.phase_seconds.labels(phase="wire").inc(time.perf_counter() - t0)
+        return ok
+
+    def run(self, stop: threading.Event, health: Health | None = None) -> None:
+        try:
+            if not self.connect(stop):
+                return
+            while not stop.is_set():
+                rollout = self.rollout()
+                if not self.send_gradient(rollout) and not stop.is_set():
+                    log.warning("lost the learner; reconnecting")
+                    self.metrics.reconnects.inc()
+                    self.client.connect()
+                    if not self.connect(stop):
+                        return
+                if health is not None:
+                    health.tick()
+        finally:
+            if self.version >= 0:
+                self.client.send("bye", {}, timeout_ms=200)
+            self.client.close()
+            self.envs.close()
+            log.info("stopped after %d applied gradients", self.applied)
+
+
+def run_worker(config: Config) -> None:
+    from common.service import start_service
+
+    metrics = worker_metrics()
+    runtime = start_service("worker", config.resolved_worker_id, config, metrics.registry)
+    try:
+        Worker(config, metrics).run(runtime.stop, runtime.health)
+    finally:
+        runtime.close()
