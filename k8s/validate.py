@@ -4,9 +4,9 @@ No cluster runs here, so correctness comes from three layers, each run on what
 `kubectl kustomize` renders (exactly what `kubectl apply -k` would send):
 1. strict schema validation against Kubernetes 1.32 (PyPI's kubernetes-validate: wrong
    types, missing required fields, misspelled fields, unknown kinds or API versions);
-2. the project's policies (k8s_policy.py): limits, probes, non-root, labels, pinned images, and
-   the wiring a schema cannot see (ports, the learner address, the checkpoint volume, A3C_*
-   settings that the services' own config accepts);
+2. the project's policies: limits, probes, non-root, labels, pinned images (k8s_policy.py),
+   and the wiring between the services (a3c_policy.py: ports, the learner address, the
+   checkpoint volume, A3C_* settings that the services' own config accepts);
 3. the monitoring sources shared with compose: alert rules and the PromQL of every dashboard
    panel through promtool, metric names against common/metrics.py, and the copies Kubernetes
    makes of them (ConfigMaps, PrometheusRule) against the files.
@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import k8s_policy  # noqa: E402  (a sibling file, not a package)
+import a3c_policy  # sibling files: k8s/ is not a package
+import k8s_policy
 
 K8S = Path(__file__).resolve().parent
 ROOT = K8S.parent
@@ -42,9 +43,11 @@ PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 DASHBOARD = MONITORING / "grafana" / "a3c-dashboard.json"
 PROMETHEUS_RULE = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
 DATASOURCE_UID = "prometheus"
-# Custom resources have no schema in kubernetes-validate; k8s_policy checks these instead.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
-                ("monitoring.coreos.com/v1", "PrometheusRule")}
+# Custom resources have no schema in kubernetes-validate; a3c_policy checks these instead.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
@@ -86,11 +89,17 @@ def validate_kustomization(directory: Path) -> tuple[list[dict[str, Any]], list[
         docs = render(directory)
     except ValueError as error:
         return [], [str(error)]
-    return docs, schema_problems(docs) + k8s_policy.check(docs, monitoring_sources())
+    return docs, schema_problems(docs) + policy_problems(docs)
 
 
-def monitoring_sources() -> k8s_policy.MonitoringSources:
-    return k8s_policy.MonitoringSources(
+def policy_problems(docs: list[dict[str, Any]]) -> list[str]:
+    resources = k8s_policy.Resources(docs)
+    problems = k8s_policy.check(resources) + a3c_policy.check(resources, monitoring_sources())
+    return list(dict.fromkeys(problems))  # one line per problem, in order
+
+
+def monitoring_sources() -> a3c_policy.MonitoringSources:
+    return a3c_policy.MonitoringSources(
         dashboard=DASHBOARD.read_text(),
         alerts=ALERTS.read_text(),
         prometheus_config=PROMETHEUS_CONFIG.read_text(),
@@ -120,8 +129,10 @@ def dashboard_problems(text: str) -> list[str]:
         sources = [panel.get("datasource")] + [t.get("datasource") for t in panel["targets"]]
         for source in sources:
             if not isinstance(source, dict) or source.get("uid") != DATASOURCE_UID:
-                problems.append(f"{where}: panel {title!r}: datasource uid must be "
-                                f"{DATASOURCE_UID!r}, not {source!r}")
+                problems.append(
+                    f"{where}: panel {title!r}: datasource uid must be "
+                    f"{DATASOURCE_UID!r}, not {source!r}"
+                )
         if not panel.get("targets") or not all(t.get("expr") for t in panel["targets"]):
             problems.append(f"{where}: panel {title!r} has a target without a query")
     return problems
@@ -152,8 +163,9 @@ def promtool_problems(promtool: str) -> list[str]:
     def run(*args: str) -> None:
         result = subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            problems.append(f"promtool {args[0]} {args[1]}: "
-                            f"{(result.stderr or result.stdout).strip()}")
+            problems.append(
+                f"promtool {args[0]} {args[1]}: {(result.stderr or result.stdout).strip()}"
+            )
 
     run("check", "rules", str(ALERTS))
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,8 +178,10 @@ def promtool_problems(promtool: str) -> list[str]:
         path = Path(tmp) / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         run("check", "config", "--syntax-only", str(path))
-        rules = [{"record": f"dashboard:query_{i}", "expr": expr}
-                 for i, expr in enumerate(dashboard_queries(DASHBOARD.read_text()).values())]
+        rules = [
+            {"record": f"dashboard:query_{i}", "expr": expr}
+            for i, expr in enumerate(dashboard_queries(DASHBOARD.read_text()).values())
+        ]
         path = Path(tmp) / "dashboard-queries.yml"
         path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
         run("check", "rules", str(path))
@@ -181,7 +195,7 @@ def source_problems(promtool: str | None) -> list[str]:
     queries = {**alert_queries(ALERTS.read_text())}
     if not problems:
         queries.update(dashboard_queries(dashboard))
-    problems += k8s_policy.unknown_metric_problems(queries)
+    problems += a3c_policy.unknown_metric_problems(queries)
     if promtool:
         problems += promtool_problems(promtool)
     return problems
@@ -207,12 +221,19 @@ def sync_prometheus_rule() -> None:
     rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "a3c", "labels": {"app.kubernetes.io/name": "a3c-breakout",
-                                              "app.kubernetes.io/component": "metrics"}},
+        "metadata": {
+            "name": "a3c",
+            "labels": {
+                "app.kubernetes.io/name": "a3c-breakout",
+                "app.kubernetes.io/component": "metrics",
+            },
+        },
         "spec": {"groups": groups},
     }
-    header = ("# Generated from k8s/base/monitoring/prometheus/alerts.yml by\n"
-              "# `python k8s/validate.py --sync-rules`; validation fails if the two differ.\n")
+    header = (
+        "# Generated from k8s/base/monitoring/prometheus/alerts.yml by\n"
+        "# `python k8s/validate.py --sync-rules`; validation fails if the two differ.\n"
+    )
     body = yaml.dump(rule, Dumper=_BlockStrings, sort_keys=False, width=100)
     PROMETHEUS_RULE.write_text(header + body)
 
@@ -221,17 +242,25 @@ def sync_prometheus_rule() -> None:
 
 
 def default_targets() -> list[Path]:
-    overlays = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+    overlays = sorted(
+        p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists()
+    )
     return [K8S / "base", *overlays]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", type=Path, help="kustomization directories")
-    parser.add_argument("--promtool", default=shutil.which("promtool"),
-                        help="promtool binary (default: from PATH; checks skipped if none)")
-    parser.add_argument("--sync-rules", action="store_true",
-                        help="rewrite the PrometheusRule from alerts.yml and exit")
+    parser.add_argument(
+        "--promtool",
+        default=shutil.which("promtool"),
+        help="promtool binary (default: from PATH; checks skipped if none)",
+    )
+    parser.add_argument(
+        "--sync-rules",
+        action="store_true",
+        help="rewrite the PrometheusRule from alerts.yml and exit",
+    )
     args = parser.parse_args(argv)
     if args.sync_rules:
         sync_prometheus_rule()
@@ -242,15 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets or default_targets():
         start = time.monotonic()
         docs, problems = validate_kustomization(target)
-        label = target.resolve().relative_to(ROOT) if target.resolve().is_relative_to(ROOT) else target
+        label = (
+            target.resolve().relative_to(ROOT) if target.resolve().is_relative_to(ROOT) else target
+        )
         if problems:
             failed = True
             print(f"FAIL {label}: {len(problems)} problem(s)")
             for problem in problems:
                 print(f"  - {problem}")
         else:
-            print(f"ok   {label}: {len(docs)} resources pass Kubernetes {KUBERNETES_VERSION} "
-                  f"strict schemas and policies ({time.monotonic() - start:.1f} s)")
+            print(
+                f"ok   {label}: {len(docs)} resources pass Kubernetes {KUBERNETES_VERSION} "
+                f"strict schemas and policies ({time.monotonic() - start:.1f} s)"
+            )
     if not args.targets:
         problems = source_problems(args.promtool)
         tools = "promtool" if args.promtool else "no promtool: rules and PromQL unchecked"
