@@ -155,6 +155,12 @@ def alert_queries(text: str) -> dict[str, str]:
     }
 
 
+def find_promtool() -> str | None:
+    """promtool from PATH, else the one `make k8s-validate` unpacks into build/k8s-tools."""
+    unpacked = ROOT / "build" / "k8s-tools" / "promtool"
+    return shutil.which("promtool") or (str(unpacked) if unpacked.exists() else None)
+
+
 def promtool_problems(promtool: str) -> list[str]:
     """promtool checks the rules, the scrape config and, disguised as recording rules, the
     PromQL of every dashboard panel (promtool has no command to check a bare expression)."""
@@ -253,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("targets", nargs="*", type=Path, help="kustomization directories")
     parser.add_argument(
         "--promtool",
-        default=shutil.which("promtool"),
-        help="promtool binary (default: from PATH; checks skipped if none)",
+        default=find_promtool(),
+        help="promtool binary (default: PATH, then build/k8s-tools; checks skipped if none)",
     )
     parser.add_argument(
         "--sync-rules",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +60,7 @@ def test_kustomization_passes_strict_schemas_and_policies(path: Path) -> None:
 def test_monitoring_sources_pass() -> None:
     """Dashboard and rules are well-formed and name only metrics the services expose; with
     promtool (installed by `make k8s-validate`) the rules and every panel's PromQL parse."""
-    assert validate.source_problems(shutil.which("promtool")) == []
+    assert validate.source_problems(validate.find_promtool()) == []
 
 
 def test_schema_errors_are_caught() -> None:
@@ -175,7 +174,7 @@ def test_dashboard_mistakes_are_caught() -> None:
     assert unknown == ["panel: no service exposes a metric named a3c_learner_update_total"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.skipif(validate.find_promtool() is None, reason="promtool not installed yet")
 def test_promtool_catches_bad_promql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dashboard = json.loads(validate.DASHBOARD.read_text())
     target = next(p for p in dashboard["panels"] if p["type"] == "timeseries")["targets"][0]
@@ -183,5 +182,5 @@ def test_promtool_catches_bad_promql(tmp_path: Path, monkeypatch: pytest.MonkeyP
     broken = tmp_path / "dashboard.json"
     broken.write_text(json.dumps(dashboard))
     monkeypatch.setattr(validate, "DASHBOARD", broken)
-    problems = validate.promtool_problems(shutil.which("promtool"))
+    problems = validate.promtool_problems(validate.find_promtool())
     assert len(problems) == 1 and "dashboard-queries.yml" in problems[0]
