@@ -55,20 +55,24 @@ def a3c_loss(
     entropy_coef: float,
     normalize_advantages: bool,
 ) -> LossTerms:
-    """policy_loss + value_coef * value_loss - entropy_coef * entropy, each a mean over the
-    T*B samples. logits [T, B, A], actions/values/advantages/returns [T, B].
+    """policy_loss + value_coef * value_loss - entropy_coef * entropy.
+    logits [T, B, A], actions/values/advantages/returns [T, B].
 
-    Means rather than the classic sums keep the gradient scale independent of rollout length
-    and batch size; Adam is invariant to that scale, and the clip threshold then means the same
-    thing for any n_steps or num_envs."""
+    Each term is summed over the T steps of a rollout (as the classic A3C, so that the default
+    gradient clip of 50 means what it meant there) and averaged over the B environments (so
+    that batching more environments does not change the gradient's scale)."""
+
+    def reduce(per_sample: torch.Tensor) -> torch.Tensor:
+        return per_sample.sum(0).mean()
+
     log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
-    entropy = -(probs * log_probs).sum(-1).mean()
+    entropy = reduce(-(probs * log_probs).sum(-1))
     chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     advantages = advantages.detach()
     if normalize_advantages and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    policy_loss = -(chosen * advantages).mean()
-    value_loss = 0.5 * (returns.detach() - values).pow(2).mean()
+    policy_loss = reduce(-chosen * advantages)
+    value_loss = reduce(0.5 * (returns.detach() - values).pow(2))
     total = policy_loss + value_coef * value_loss - entropy_coef * entropy
     return LossTerms(total, policy_loss.item(), value_loss.item(), entropy.item())

@@ -7,6 +7,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from common.config import Config
@@ -32,6 +33,8 @@ def start_service(
 ) -> Runtime:
     """Set up logging, turn SIGTERM/SIGINT into a stop event, and serve metrics + health."""
     setup_logging(name, instance, config.log_level, config.log_format)
+    # Processes, not threads, scale: intra-op threads in N processes on few cores only fight.
+    torch.set_num_threads(1)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

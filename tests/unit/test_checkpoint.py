@@ -1,0 +1,58 @@
+"""Atomic checkpoints, pruning, and resume that skips corrupt files."""
+
+import torch
+
+from common.checkpoint import list_checkpoints, load_newest, save_checkpoint
+
+
+def state(version: int) -> dict:
+    return {"model": {"w": torch.full((3,), float(version))}, "optimizer": {}, "model_version": version,
+            "frames": version * 10, "layout": "abc"}
+
+
+def test_keeps_the_newest_k(tmp_path):
+    for version in range(5):
+        save_checkpoint(tmp_path, version, state(version), keep=2)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["ckpt-000000000004.pt", "ckpt-000000000003.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_resume_skips_truncated_and_garbage_files(tmp_path):
+    save_checkpoint(tmp_path, 1, state(1), keep=5)
+    newest = save_checkpoint(tmp_path, 2, state(2), keep=5)
+    newest.write_bytes(newest.read_bytes()[:100])  # a crash mid-copy
+    (tmp_path / "ckpt-000000000003.pt").write_bytes(b"not a checkpoint")
+    loaded, problems = load_newest(tmp_path)
+    assert loaded is not None and loaded["model_version"] == 1
+    assert len(problems) == 2
+
+
+def test_interrupted_write_leaves_no_newest_file(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, state(1), keep=5)
+
+    def crash(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    try:
+        save_checkpoint(tmp_path, 2, state(2), keep=5)
+    except OSError:
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000000001.pt"]
+    assert load_newest(tmp_path)[0]["model_version"] == 1
+
+
+def test_code_in_a_checkpoint_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pwned')",))
+
+    path = tmp_path / "ckpt-000000000009.pt"
+    torch.save({"model": Evil()}, path)
+    loaded, problems = load_newest(tmp_path)
+    assert loaded is None and problems
+
+
+def test_missing_directory_means_fresh_start(tmp_path):
+    assert load_newest(tmp_path / "nothing") == (None, [])

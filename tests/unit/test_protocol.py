@@ -1,0 +1,130 @@
+"""Wire protocol: round trips, signing, and every kind of malformed message refused with a
+reason (never another exception)."""
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.protocol import PROTOCOL_VERSION, ProtocolError, Session
+
+
+def frames_of(header: dict, *buffers: bytes) -> list[bytes]:
+    return [msgpack.packb(header), b"", *buffers]
+
+
+def valid_header(**changes) -> dict:
+    header = {
+        "proto": list(PROTOCOL_VERSION), "type": "gradient", "sender": "w1", "run": "abc",
+        "seq": 1, "time": time.time(), "arrays": [["float32", [3]]], "body": {},
+    }
+    header.update(changes)
+    return header
+
+
+def test_round_trip_with_arrays_is_zero_copy_and_exact():
+    sender, receiver = Session("w1"), Session("learner")
+    grads = np.arange(6, dtype=np.float32).reshape(2, 3)
+    half = np.linspace(-1, 1, 5).astype(np.float16)
+    frames = sender.encode("gradient", {"model_version": 7}, [("float32", grads), ("float16", half)])
+    message = receiver.decode([bytes(f) for f in frames])
+    assert message.type == "gradient" and message.sender == "w1" and message.run == sender.run
+    assert message.body == {"model_version": 7}
+    np.testing.assert_array_equal(message.arrays[0], grads)
+    np.testing.assert_array_equal(message.arrays[1], half)
+    assert message.array_dtypes == ["float32", "float16"]
+
+
+def test_sequence_numbers_increase():
+    session = Session("w1")
+    first = Session("x").decode([bytes(f) for f in session.encode("heartbeat")])
+    second = Session("x").decode([bytes(f) for f in session.encode("heartbeat")])
+    assert second.seq == first.seq + 1
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ([b"only one frame"], "decode"),
+        ([b"\xc1\xff garbage", b""], "decode"),
+        ([msgpack.packb([1, 2, 3]), b""], "decode"),
+        (frames_of(valid_header(proto=[PROTOCOL_VERSION[0] + 1, 0]), bytes(12)), "protocol_version"),
+        (frames_of(valid_header(proto="1.0"), bytes(12)), "decode"),
+        (frames_of(valid_header(type="launch_missiles"), bytes(12)), "unknown_type"),
+        (frames_of(valid_header(seq="one"), bytes(12)), "decode"),
+        (frames_of(valid_header(seq=True), bytes(12)), "decode"),
+        (frames_of(valid_header(sender=""), bytes(12)), "decode"),
+        (frames_of(valid_header(), bytes(11)), "shape"),
+        (frames_of(valid_header(arrays=[["float32", [3]]])), "shape"),
+        (frames_of(valid_header(arrays=[["float32", [-3]]]), bytes(12)), "shape"),
+        (frames_of(valid_header(arrays=[["int64", [3]]]), bytes(24)), "dtype"),
+        (frames_of(valid_header(arrays=[["object", [3]]]), bytes(24)), "dtype"),
+        (frames_of(valid_header(arrays="float32"), bytes(12)), "decode"),
+    ],
+)
+def test_malformed_messages_are_refused_with_a_reason(frames, reason):
+    with pytest.raises(ProtocolError) as refused:
+        Session("learner").decode(frames)
+    assert refused.value.reason == reason
+
+
+def test_oversize_message_is_refused_before_decoding():
+    with pytest.raises(ProtocolError) as refused:
+        Session("learner", max_bytes=1024).decode(frames_of(valid_header(), bytes(4096)))
+    assert refused.value.reason == "oversize"
+
+
+def test_signed_messages_verify_and_tampering_is_caught():
+    key = b"secret"
+    frames = [bytes(f) for f in Session("w1", key).encode("gradient", {}, [("float32", np.ones(3, np.float32))])]
+    assert Session("learner", key).decode(frames).type == "gradient"
+    tampered = [*frames[:2], np.zeros(3, np.float32).tobytes()]
+    for bad, reason in [
+        (tampered, "bad_signature"),
+        ([frames[0], b"", frames[2]], "bad_signature"),
+        (frames, "bad_signature"),  # with another key below
+    ]:
+        session = Session("learner", b"other" if bad is frames else key)
+        with pytest.raises(ProtocolError) as refused:
+            session.decode(bad)
+        assert refused.value.reason == reason
+
+
+def test_signed_old_messages_are_refused_as_replays(monkeypatch):
+    key = b"secret"
+    frames = [bytes(f) for f in Session("w1", key).encode("heartbeat")]
+    monkeypatch.setattr(time, "time", lambda: 10_000_000_000.0)
+    with pytest.raises(ProtocolError) as refused:
+        Session("learner", key).decode(frames)
+    assert refused.value.reason == "replay"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=200), min_size=0, max_size=5))
+def test_decoder_never_fails_other_than_with_protocol_error(frames):
+    try:
+        Session("learner").decode(frames)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["proto", "type", "sender", "run", "seq", "time", "arrays", "body"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            max_leaves=8,
+        ),
+    ),
+    st.lists(st.binary(max_size=64), max_size=3),
+)
+def test_decoder_survives_structured_garbage_headers(header, buffers):
+    try:
+        Session("learner").decode([msgpack.packb(header), b"", *buffers])
+    except ProtocolError:
+        pass
