@@ -9,6 +9,14 @@
 # (deploy/scripts/base-image.sh makes one where no registry can be reached).
 ARG BASE_IMAGE=python:3.11-slim
 
+# --- requirements: the runtime dependencies, read from pyproject.toml -------------------------
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" \
+        > /requirements.txt
+
 # --- deps: a virtual environment with the dependencies only ----------------------------------
 FROM ${BASE_IMAGE} AS deps
 ARG PIP_INSTALL_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -17,18 +25,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
-WORKDIR /src
 COPY wheelhouse/ /wheelhouse/
-COPY pyproject.toml ./
-# Dependencies are read from pyproject.toml alone, so this slow layer (torch) is rebuilt only
-# when pyproject.toml changes, not on every source edit.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
-print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install ${PIP_INSTALL_ARGS} -r /tmp/requirements.txt
+# The slow layer (torch): its cache key is the list of dependencies alone, so neither a source
+# edit nor another change to pyproject.toml (version, dev tools, lint settings) rebuilds it.
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN pip install ${PIP_INSTALL_ARGS} -r /tmp/requirements.txt
 
 # --- wheel: the project itself, as a wheel ----------------------------------------------------
 FROM deps AS wheel
+WORKDIR /src
+COPY pyproject.toml ./
 COPY common/ common/
 COPY services/ services/
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
@@ -39,7 +45,7 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/a3c \
         --shell /usr/sbin/nologin a3c \
     && mkdir -p /data/checkpoints /data/eval \
     && chown -R a3c:a3c /data
-# Two layers: the dependencies (about 1 GB, cached until pyproject.toml changes), then the
+# Two layers: the dependencies (about 1 GB, cached until they change), then the
 # project (a few hundred kB, rebuilt on a source edit).
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=wheel /dist/ /tmp/dist/

@@ -20,6 +20,7 @@ if [ -f "$stamp" ] && cmp -s "$stamp" "$requirements"; then
 fi
 log "pip download into wheelhouse/"
 python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.11 -d "$wheelhouse" -r "$requirements"
+    --python-version 3.11 -d "$wheelhouse" -r "$requirements" \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 cp "$requirements" "$stamp"
 log "wheelhouse ready ($(ls "$wheelhouse"/*.whl | wc -l) wheels, $(du -sh "$wheelhouse" | cut -f1))"
