@@ -60,6 +60,9 @@ class Config(BaseSettings):
     normalize_advantages: bool = False
     """Standardise advantages per rollout; off by default: over one env's 20 steps it is mostly
     noise (measured on CartPole: slower), with many envs per worker it can help."""
+    normalize_rewards: bool = True
+    """Vector envs: divide training rewards by a running std of the discounted return (keeps
+    the critic's targets near unit scale). Atari rewards are clipped to [-1, 1] instead."""
     grad_dtype: GradDtype = "float32"
     """Gradient precision on the wire; float16 is loss-scaled per message to avoid underflow."""
     max_inflight: int = Field(1, ge=1, le=16)

@@ -54,13 +54,19 @@ class Worker:
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
         self.envs = make_vector_env(
-            config.env, config.seed, config.num_envs, config.train_sticky_actions
+            config.env,
+            config.seed,
+            config.num_envs,
+            config.train_sticky_actions,
+            config.normalize_rewards,
+            config.gamma,
         )
         self.frames_per_step = frames_per_step(config.env)
         self.session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
         host, port = split_address(config.learner)
         self.client = DealerClient(self.session, host, port)
         self.version = -1
+        self.health: Health | None = None
         self.inflight = 0
         self.applied = 0
         self._last_sent = time.monotonic()
@@ -72,8 +78,11 @@ class Worker:
     # --- connection ------------------------------------------------------------------------
 
     def connect(self, stop: threading.Event) -> bool:
-        """Say hello until the learner welcomes us (with backoff); False if stopped first."""
+        """Say hello until the learner welcomes us (with backoff); False if stopped first.
+        Waiting for a learner is healthy: liveness probes must not kill patient workers."""
         while not stop.is_set():
+            if self.health is not None:
+                self.health.tick()
             self.inflight = 0
             sent = self.client.send("hello", {"layout": self.layout, "role": "worker"})
             reply = self.client.recv(int(self.config.learner_timeout * 1000)) if sent else None
@@ -259,6 +268,7 @@ class Worker:
         return ok
 
     def run(self, stop: threading.Event, health: Health | None = None) -> None:
+        self.health = health
         try:
             if not self.connect(stop):
                 return

@@ -1,0 +1,57 @@
+"""The system really learns: end-to-end `a3c run` as a user would start it (marked slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def a3c_run(tmp_path, *args, timeout):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", "--run-dir", str(run_dir),
+         "--progress-interval", "10", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    print(result.stdout[-4000:], result.stderr[-4000:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_cartpole_is_solved_within_500k_frames(tmp_path):
+    """Greedy evaluation mean >= 475 over 10 full episodes, 2 workers, at most 500k frames.
+    Measured here: solved after ~150-250k frames (DESIGN's plain Hogwild needed 80k-160k
+    for good seeds and failed for others; reward normalisation removes that seed lottery)."""
+    run_dir, summary = a3c_run(
+        tmp_path, "--env", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--seed", "0",
+        "--max-frames", "500000", "--target-score", "475", "--eval-interval", "2",
+        timeout=900,
+    )
+    assert summary["stopped_by"] == "target_score", summary
+    assert summary["eval"]["mean_score"] >= 475
+    assert summary["eval"]["last_train_frames"] <= 500_000
+    assert summary["frames"] > 0 and summary["updates"] > 0
+    assert (run_dir / "best.pt").exists()
+
+
+def test_a_short_breakout_run_goes_through_the_whole_pipeline(tmp_path):
+    """Atari frames -> gradients -> applied updates -> a full evaluation game, scored raw."""
+    run_dir, summary = a3c_run(
+        tmp_path, "--env", "ALE/Breakout-v5", "--workers", "2", "--duration", "75",
+        "--eval-interval", "0", "--checkpoint-interval", "30", timeout=300,
+    )
+    assert summary["stopped_by"] == "duration"
+    assert summary["updates"] >= 50 and summary["frames"] >= 50 * 20 * 4
+    assert summary["frames"] == summary["updates"] * 20 * 4  # one env, 20 steps, frameskip 4
+    games = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert games, "no evaluation game finished"
+    first = games[0]
+    assert first["episode_frames"] > 0 and first["score"] >= 0 and not first["truncated"]
+    assert first["version"] >= 0 and first["policy"] == "greedy"
+    assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))
+    assert json.loads((run_dir / "config.json").read_text())["env"] == "ALE/Breakout-v5"
