@@ -12,6 +12,7 @@ inputs (Acrobot's angular velocities reach +-28 raw).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, SupportsFloat
 
 import ale_py
@@ -175,7 +176,7 @@ def _scale_by_bounds(env: gym.Env) -> gym.Env:
     scale = np.where(np.isfinite(bound) & (bound > 0), bound, 1.0).astype(np.float32)
     return gym.wrappers.TransformObservation(
         env,
-        lambda obs: (np.asarray(obs, np.float32) / scale),
+        lambda obs: np.asarray(obs, np.float32) / scale,
         gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32),
     )
 
@@ -208,7 +209,8 @@ def make_env(
         env = NoopStart(env)
         if training:
             env = EpisodicLife(env)
-        if "FIRE" in env.unwrapped.get_action_meanings():
+        emulator: Any = env.unwrapped
+        if "FIRE" in emulator.get_action_meanings():
             env = AutoFire(env)
         if training:
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
@@ -233,22 +235,19 @@ def make_vector_env(
 ) -> SyncVectorEnv:
     """`num_envs` training envs stepped as a batch; a finished env resets in the same step
     (its last observation is in info['final_obs']) so every step yields a usable observation."""
-    return SyncVectorEnv(
-        [
-            (
-                lambda i=i: make_env(
-                    env_id,
-                    seed + i,
-                    training=True,
-                    sticky_actions=sticky_actions,
-                    normalize_rewards=normalize_rewards,
-                    gamma=gamma,
-                )
-            )
-            for i in range(num_envs)
-        ],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    )
+    factories = [
+        functools.partial(
+            make_env,
+            env_id,
+            seed + i,
+            training=True,
+            sticky_actions=sticky_actions,
+            normalize_rewards=normalize_rewards,
+            gamma=gamma,
+        )
+        for i in range(num_envs)
+    ]
+    return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:

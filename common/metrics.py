@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -171,12 +171,11 @@ def evaluator_metrics() -> EvaluatorMetrics:
     return EvaluatorMetrics(
         registry=r,
         score_mean=Gauge(
-            "a3c_evaluator_score_mean", "Mean raw score over the last eval_window episodes",
+            "a3c_evaluator_score_mean",
+            "Mean raw score over the last eval_window episodes",
             registry=r,
         ),
-        best_score=Gauge(
-            "a3c_evaluator_best_score", "Best windowed mean score so far", registry=r
-        ),
+        best_score=Gauge("a3c_evaluator_best_score", "Best windowed mean score so far", registry=r),
         last_score=Gauge("a3c_evaluator_last_score", "Raw score of the latest episode", registry=r),
         episodes=Counter("a3c_evaluator_episodes", "Evaluation episodes played", registry=r),
         model_version=Gauge(
@@ -194,7 +193,9 @@ def evaluator_metrics() -> EvaluatorMetrics:
             "a3c_evaluator_weights_received", "Weight broadcasts received", registry=r
         ),
         rejected=Counter(
-            "a3c_evaluator_messages_rejected", "Broadcasts refused, by reason", ["reason"],
+            "a3c_evaluator_messages_rejected",
+            "Broadcasts refused, by reason",
+            ["reason"],
             registry=r,
         ),
     )

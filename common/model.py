@@ -70,13 +70,16 @@ class ActorCritic(nn.Module):
                 fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
                 nn.init.uniform_(module.weight, -bound, bound)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         normalized_columns_(self.actor.weight, 0.01)
         normalized_columns_(self.critic.weight, 1.0)
         nn.init.zeros_(self.actor.bias)
         nn.init.zeros_(self.critic.bias)
-        nn.init.zeros_(self.lstm.bias_ih)
-        nn.init.zeros_(self.lstm.bias_hh)
+        with torch.no_grad():
+            for name, bias in self.lstm.named_parameters():
+                if name.startswith("bias"):
+                    bias.zero_()
 
     def initial_state(self, batch: int) -> LSTMState:
         zeros = torch.zeros(batch, self.lstm_size)

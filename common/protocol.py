@@ -33,7 +33,7 @@ MESSAGE_TYPES = frozenset(
     {"hello", "welcome", "gradient", "ack", "heartbeat", "weights", "error", "bye"}
 )
 
-WIRE_DTYPES = {
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
     # numpy has no bfloat16: its raw 16-bit patterns travel as uint16.
@@ -107,7 +107,7 @@ class Session:
             "body": body or {},
         }
         packed = msgpack.packb(header, use_bin_type=True)
-        buffers = [memoryview(np.ascontiguousarray(array)).cast("B") for _, array in arrays]
+        buffers = [np.ascontiguousarray(array).data.cast("B") for _, array in arrays]
         signature = _signature(self.key, [packed, *buffers]) if self.key else b""
         return [packed, signature, *buffers]
 
@@ -136,9 +136,7 @@ class Session:
 
 def _unpack_header(raw: memoryview) -> dict[str, Any]:
     try:
-        header = msgpack.unpackb(
-            raw, raw=False, strict_map_key=True
-        )
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as error:  # msgpack raises several unrelated types for garbage
         raise ProtocolError("decode", f"header is not msgpack: {type(error).__name__}") from None
     if not isinstance(header, dict):
@@ -161,7 +159,7 @@ def _unpack_header(raw: memoryview) -> dict[str, Any]:
 
 def _require(header: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = header.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ProtocolError("decode", f"header field {key!r} missing or not {kind}")
     return value
 
@@ -186,7 +184,9 @@ def _message_from_header(header: dict[str, Any], buffers: list[memoryview]) -> M
         dtype = WIRE_DTYPES[dtype_name]
         expected = math.prod(shape) * dtype.itemsize
         if buffer.nbytes != expected:
-            raise ProtocolError("shape", f"buffer of {buffer.nbytes} bytes for {shape} {dtype_name}")
+            raise ProtocolError(
+                "shape", f"buffer of {buffer.nbytes} bytes for {shape} {dtype_name}"
+            )
         arrays.append(np.frombuffer(buffer, dtype=dtype).reshape(shape))
         dtypes.append(dtype_name)
     return Message(msg_type, sender, run, seq, float(sent_at), body, arrays, dtypes)

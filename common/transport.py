@@ -42,8 +42,8 @@ class RouterServer:
 
     def __init__(self, session: Session, host: str, port: int) -> None:
         self.session = session
-        self.context = zmq.Context.instance()
-        self.sock = self.context.socket(zmq.ROUTER)
+        self.context: zmq.Context = zmq.Context.instance()
+        self.sock: zmq.Socket = self.context.socket(zmq.ROUTER)
         _tune(self.sock, session.max_bytes)
         # Replies to a vanished peer are dropped instead of raising or queueing forever.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
@@ -85,7 +85,7 @@ class Publisher:
 
     def __init__(self, session: Session, host: str, port: int) -> None:
         self.session = session
-        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.PUB)
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.SNDHWM, 2)
         self.sock.bind(f"tcp://{host}:{port}")
@@ -112,7 +112,7 @@ class DealerClient:
     def __init__(self, session: Session, host: str, port: int) -> None:
         self.session = session
         self.endpoint = f"tcp://{host}:{port}"
-        self.context = zmq.Context.instance()
+        self.context: zmq.Context = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.connect()
 
@@ -163,7 +163,7 @@ class Subscriber:
 
     def __init__(self, session: Session, host: str, port: int) -> None:
         self.session = session
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.RCVHWM, 2)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")

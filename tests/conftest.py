@@ -83,7 +83,9 @@ class Service:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout}s:\n{self.log()[-2000:]}")
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM for {timeout}s:\n{self.log()[-2000:]}"
+            ) from None
 
     def kill(self) -> None:
         self.process.kill()
@@ -103,26 +105,45 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, role: str, name: str | None = None, *args: str,
-              env: dict[str, str] | None = None) -> Service:
+    def start(
+        self, role: str, name: str | None = None, *args: str, env: dict[str, str] | None = None
+    ) -> Service:
         name = name or role
         metrics_port = free_port()
         log_path = self.tmp_path / f"{name}.log"
         command = [
-            sys.executable, "-m", f"services.{role}", "--env", self.env_id,
-            "--host", "127.0.0.1", "--port", str(self.port), "--learner", self.address,
-            "--metrics-port", str(metrics_port), "--checkpoint-dir", str(self.tmp_path / "ckpt"),
+            sys.executable,
+            "-m",
+            f"services.{role}",
+            "--env",
+            self.env_id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--learner",
+            self.address,
+            "--metrics-port",
+            str(metrics_port),
+            "--checkpoint-dir",
+            str(self.tmp_path / "ckpt"),
             *args,
         ]
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
                 env={**os.environ, **(env or {})},
             )
         service = Service(name, process, metrics_port, log_path)
         self.services.append(service)
-        wait_for(lambda: service.metrics() or service.process.poll() is not None, 60,
-                 f"{name} to serve /metrics")
+        wait_for(
+            lambda: service.metrics() or service.process.poll() is not None,
+            60,
+            f"{name} to serve /metrics",
+        )
         assert service.process.poll() is None, f"{name} died:\n{service.log()[-3000:]}"
         return service
 

@@ -38,8 +38,9 @@ class Evaluator:
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
         self.env = make_env(config.env, config.seed, training=False)
-        session = Session(f"evaluator-{config.resolved_worker_id}", config.shared_key(),
-                          config.max_message_bytes)
+        session = Session(
+            f"evaluator-{config.resolved_worker_id}", config.shared_key(), config.max_message_bytes
+        )
         host, port = split_address(config.learner)
         self.subscriber = Subscriber(session, host, port + 1)
         self.version = -1
@@ -73,8 +74,12 @@ class Evaluator:
         version, frames = self.version, self.train_frames
         started = time.time()
         result = play_episode(
-            self.model, self.env, self.config.env, self.config.eval_policy,
-            seed=self.config.seed + self.episodes, stop=stop,
+            self.model,
+            self.env,
+            self.config.env,
+            self.config.eval_policy,
+            seed=self.config.seed + self.episodes,
+            stop=stop,
         )
         if result is None:
             return None
@@ -98,8 +103,15 @@ class Evaluator:
             "truncated": result.truncated,
             "policy": self.config.eval_policy,
         }
-        log.info("episode %d: score %.1f, mean %.1f over %d (version %d, %d frames)",
-                 self.episodes, result.score, mean, len(self.scores), version, frames)
+        log.info(
+            "episode %d: score %.1f, mean %.1f over %d (version %d, %d frames)",
+            self.episodes,
+            result.score,
+            mean,
+            len(self.scores),
+            version,
+            frames,
+        )
         if self.config.eval_log is not None:
             with self.config.eval_log.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -145,8 +157,9 @@ def run_evaluator(config: Config) -> None:
 
     metrics = evaluator_metrics()
     # Health is judged on whole games, which can take minutes for a good Breakout agent.
-    runtime = start_service("evaluator", config.resolved_worker_id, config, metrics.registry,
-                            stale_after=900)
+    runtime = start_service(
+        "evaluator", config.resolved_worker_id, config, metrics.registry, stale_after=900
+    )
     try:
         Evaluator(config, metrics).run(runtime.stop, runtime.health)
     finally:

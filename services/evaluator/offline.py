@@ -12,7 +12,14 @@ import time
 
 from common.checkpoint import MODEL_KEYS, load_checkpoint
 from common.config import Config
-from common.envs import EVAL_STICKY_ACTIONS, NOOP_MAX, ATARI_FRAME_CAP, env_spaces, is_atari, make_env
+from common.envs import (
+    ATARI_FRAME_CAP,
+    EVAL_STICKY_ACTIONS,
+    NOOP_MAX,
+    env_spaces,
+    is_atari,
+    make_env,
+)
 from common.evaluation import play_episode
 from common.logs import setup_logging
 from common.model import ActorCritic
@@ -51,12 +58,19 @@ def evaluate_checkpoint(config: Config) -> dict:
     scores, frames = [], []
     started = time.time()
     for episode in range(config.episodes):
-        result = play_episode(model, env, config.env, config.eval_policy, seed=config.seed + episode)
+        result = play_episode(
+            model, env, config.env, config.eval_policy, seed=config.seed + episode
+        )
         assert result is not None
         scores.append(result.score)
         frames.append(result.frames)
-        log.info("episode %d/%d: score %.1f (%d frames)", episode + 1, config.episodes,
-                 result.score, result.frames)
+        log.info(
+            "episode %d/%d: score %.1f (%d frames)",
+            episode + 1,
+            config.episodes,
+            result.score,
+            result.frames,
+        )
     env.close()
     report = {
         "env": config.env,
@@ -75,9 +89,13 @@ def evaluate_checkpoint(config: Config) -> dict:
             "full_games": True,
             "raw_score": True,
             **(
-                {"sticky_actions": EVAL_STICKY_ACTIONS, "noop_max": NOOP_MAX,
-                 "frame_cap": ATARI_FRAME_CAP}
-                if is_atari(config.env) else {}
+                {
+                    "sticky_actions": EVAL_STICKY_ACTIONS,
+                    "noop_max": NOOP_MAX,
+                    "frame_cap": ATARI_FRAME_CAP,
+                }
+                if is_atari(config.env)
+                else {}
             ),
         },
     }

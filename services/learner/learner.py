@@ -75,8 +75,14 @@ class Learner:
         log.info(
             "serving %s (%d parameters, layout %s) on %s:%d (gradients) and :%d (weights), "
             "version %d, signing %s",
-            config.env, self.n_params, self.layout, config.host, config.port, config.port + 1,
-            self.version, "on" if self.session.key else "off",
+            config.env,
+            self.n_params,
+            self.layout,
+            config.host,
+            config.port,
+            config.port + 1,
+            self.version,
+            "on" if self.session.key else "off",
         )
 
     # --- state -----------------------------------------------------------------------------
@@ -155,7 +161,9 @@ class Learner:
         for identity, record in list(self.workers.items()):
             if now - record.last_seen > self.config.worker_timeout:
                 log.warning(
-                    "forgetting worker %s: silent for %.0fs", record.worker_id, now - record.last_seen
+                    "forgetting worker %s: silent for %.0fs",
+                    record.worker_id,
+                    now - record.last_seen,
                 )
                 del self.workers[identity]
         self.metrics.workers_active.set(len(self.workers))
@@ -194,11 +202,14 @@ class Learner:
         who = message.sender if message else identity.hex()
         log.warning("rejected message from %s: %s", who[:64], error)
         body = {"reason": error.reason, "detail": error.detail, "model_version": self.version}
-        if message is not None and message.type == "gradient" and error.reason in (
-            "stale", "non_finite", "bad_version"
+        if (
+            message is not None
+            and message.type == "gradient"
+            and error.reason in ("stale", "non_finite", "bad_version")
         ):
-            self.server.reply(identity, "ack", {**body, "accepted": False},
-                              [("float32", self.weights())])
+            self.server.reply(
+                identity, "ack", {**body, "accepted": False}, [("float32", self.weights())]
+            )
         else:
             self.server.reply(identity, "error", body)
 
@@ -214,8 +225,9 @@ class Learner:
         previous = self.workers.get(identity)
         for other_identity, other in list(self.workers.items()):
             if other.worker_id == message.sender and other_identity != identity:
-                log.info("worker %s reconnected (run %s -> %s)", message.sender, other.run,
-                         message.run)
+                log.info(
+                    "worker %s reconnected (run %s -> %s)", message.sender, other.run, message.run
+                )
                 del self.workers[other_identity]
         if previous is None or previous.run != message.run:
             log.info("worker %s joined (run %s)", message.sender, message.run)
@@ -255,7 +267,9 @@ class Learner:
         if not isinstance(based_on, int) or isinstance(based_on, bool):
             raise ProtocolError("bad_version", "model_version missing or not an integer")
         if not 0 <= based_on <= self.version:
-            raise ProtocolError("bad_version", f"model_version {based_on} outside 0..{self.version}")
+            raise ProtocolError(
+                "bad_version", f"model_version {based_on} outside 0..{self.version}"
+            )
         if not isinstance(frames, int) or not 0 <= frames <= MAX_FRAMES_PER_GRADIENT:
             raise ProtocolError("decode", f"frames {frames!r} not an integer in range")
         if not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
@@ -270,8 +284,9 @@ class Learner:
         staleness = self.version - based_on
         if staleness > self.config.max_staleness:
             raise ProtocolError(
-                "stale", f"computed on version {based_on}, now {self.version} "
-                f"(max staleness {self.config.max_staleness})"
+                "stale",
+                f"computed on version {based_on}, now {self.version} "
+                f"(max staleness {self.config.max_staleness})",
             )
         decode_into(self._grad_np, wire, wire_dtype, float(scale))
         if not np.isfinite(self._grad_np).all():

@@ -150,20 +150,39 @@ class LocalCluster:
         self.eval_log = self.run_dir / "eval.jsonl"
         port = free_port(pair=True)
         self.learner_port = port
-        common = {"host": "127.0.0.1", "learner": f"127.0.0.1:{port}", "port": port,
-                  "metrics_host": "127.0.0.1", "log_format": "text"}
+        common = {
+            "host": "127.0.0.1",
+            "learner": f"127.0.0.1:{port}",
+            "port": port,
+            "metrics_host": "127.0.0.1",
+            "log_format": "text",
+        }
         self.children: list[Child] = []
-        self.learner = self._child("learner", "services.learner", common,
-                                   checkpoint_dir=self.run_dir / "checkpoints")
+        self.learner = self._child(
+            "learner", "services.learner", common, checkpoint_dir=self.run_dir / "checkpoints"
+        )
         for i in range(config.workers):
-            self._child(f"worker-{i}", "services.worker", common, worker_id=f"worker-{i}",
-                        seed=config.seed + 1000 * (i + 1))
-        self.evaluator = self._child("evaluator", "services.evaluator", common,
-                                     worker_id="evaluator", eval_log=self.eval_log,
-                                     best_model_path=self.run_dir / "best.pt")
+            self._child(
+                f"worker-{i}",
+                "services.worker",
+                common,
+                worker_id=f"worker-{i}",
+                seed=config.seed + 1000 * (i + 1),
+            )
+        self.evaluator = self._child(
+            "evaluator",
+            "services.evaluator",
+            common,
+            worker_id="evaluator",
+            eval_log=self.eval_log,
+            best_model_path=self.run_dir / "best.pt",
+        )
         (self.run_dir / "config.json").write_text(
-            json.dumps({**config.to_public_dict(), "run_dir": str(self.run_dir),
-                        "learner_port": port}, indent=2) + "\n"
+            json.dumps(
+                {**config.to_public_dict(), "run_dir": str(self.run_dir), "learner_port": port},
+                indent=2,
+            )
+            + "\n"
         )
         self.env = dict(os.environ)
         if config.auth_key is not None:
@@ -171,15 +190,16 @@ class LocalCluster:
 
     def _child(self, name: str, module: str, common: dict[str, Any], **overrides: Any) -> Child:
         metrics_port = free_port()
-        args = [module, *self.config.to_cli_args(**common, metrics_port=metrics_port,
-                                                 **overrides)]
+        args = [module, *self.config.to_cli_args(**common, metrics_port=metrics_port, **overrides)]
         child = Child(name, args, self.run_dir / "logs" / f"{name}.log", metrics_port)
         self.children.append(child)
         return child
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        print(f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True)
+        print(
+            f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True
+        )
         for child in self.children:
             child.start(self.env)
         started = time.monotonic()
@@ -205,8 +225,11 @@ class LocalCluster:
                 if config.duration is not None and now - started >= config.duration:
                     stopped_by = "duration"
                     break
-                if (config.target_score is not None and evals["episodes"] >= config.eval_window
-                        and evals["mean_score"] >= config.target_score):
+                if (
+                    config.target_score is not None
+                    and evals["episodes"] >= config.eval_window
+                    and evals["mean_score"] >= config.target_score
+                ):
                     stopped_by = "target_score"
                     break
         except KeyboardInterrupt:
@@ -217,13 +240,23 @@ class LocalCluster:
             self.stop()
         return self._summarise(stopped_by, wall)
 
-    def _print_progress(self, elapsed: float, frames: float, updates: float,
-                        metrics: dict[str, float], evals: dict[str, Any],
-                        last: tuple[float, float, float]) -> None:
+    def _print_progress(
+        self,
+        elapsed: float,
+        frames: float,
+        updates: float,
+        metrics: dict[str, float],
+        evals: dict[str, Any],
+        last: tuple[float, float, float],
+    ) -> None:
         span = max(time.monotonic() - last[0], 1e-6)
-        score = "-" if evals["mean_score"] is None else (
-            f"{evals['mean_score']:.1f} over {len(evals['last_scores'])} "
-            f"(v{evals['last_model_version']})"
+        score = (
+            "-"
+            if evals["mean_score"] is None
+            else (
+                f"{evals['mean_score']:.1f} over {len(evals['last_scores'])} "
+                f"(v{evals['last_model_version']})"
+            )
         )
         print(
             f"[{elapsed:6.0f}s] frames {frames:,.0f} ({(frames - last[1]) / span:,.0f}/s) | "
@@ -237,8 +270,11 @@ class LocalCluster:
         for child in self.children:
             if child.process is not None and not child.alive():
                 code = child.process.returncode
-                print(f"a3c run: {child.name} exited with {code}; last log lines:\n"
-                      f"{child.log_tail()}", flush=True)
+                print(
+                    f"a3c run: {child.name} exited with {code}; last log lines:\n"
+                    f"{child.log_tail()}",
+                    flush=True,
+                )
                 if child.restarts >= MAX_RESTARTS:
                     raise RuntimeError(f"{child.name} keeps dying; see {child.log_path}")
                 child.restarts += 1

@@ -146,9 +146,7 @@ class Worker:
                 return False
             reply = self.client.recv(int(remaining * 1000) if must_wait else 0)
             if reply is None:
-                if must_wait:
-                    return False
-                return True
+                return not must_wait
             if reply.message is None:
                 log.error("unreadable reply from learner: %s", reply.error)
                 continue
@@ -190,12 +188,22 @@ class Worker:
         with torch.no_grad():
             _, bootstrap, _ = model(self.obs, (h, c))
         advantages, returns = gae(
-            torch.stack(rewards_t), torch.stack(values_t), torch.stack(dones_t), bootstrap,
-            config.gamma, config.gae_lambda,
+            torch.stack(rewards_t),
+            torch.stack(values_t),
+            torch.stack(dones_t),
+            bootstrap,
+            config.gamma,
+            config.gae_lambda,
         )
         loss = a3c_loss(
-            torch.stack(logits_t), torch.stack(actions_t), torch.stack(values_t), advantages,
-            returns, config.value_coef, config.entropy_coef, config.normalize_advantages,
+            torch.stack(logits_t),
+            torch.stack(actions_t),
+            torch.stack(values_t),
+            advantages,
+            returns,
+            config.value_coef,
+            config.entropy_coef,
+            config.normalize_advantages,
         )
         t1 = time.perf_counter()
         model.zero_grad(set_to_none=False)
@@ -235,7 +243,8 @@ class Worker:
         final = info.get("final_info")
         if not final or "game_score" not in final:
             return []
-        scores = [float(s) for s, done in zip(final["game_score"], final["_game_score"]) if done]
+        pairs = zip(final["game_score"], final["_game_score"], strict=True)
+        scores = [float(score) for score, ended in pairs if ended]
         for score in scores:
             self.metrics.episodes.inc()
             self.metrics.episode_return.set(score)
@@ -256,7 +265,9 @@ class Worker:
             "episode_returns": rollout.episode_returns,
         }
         sent = self.client.send(
-            "gradient", body, [(self.config.grad_dtype, wire)],
+            "gradient",
+            body,
+            [(self.config.grad_dtype, wire)],
             timeout_ms=int(self.config.learner_timeout * 1000),
         )
         if sent:

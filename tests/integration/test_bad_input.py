@@ -40,14 +40,18 @@ class RawPeer:
 
     def gradient(self, values=None, version=0, dtype="float32", **body):
         grad = np.zeros(N_PARAMS, np.float32) if values is None else values
-        return self.send("gradient", {"model_version": version, "frames": 20, "layout": LAYOUT,
-                                      **body}, [(dtype, grad)])
+        return self.send(
+            "gradient",
+            {"model_version": version, "frames": 20, "layout": LAYOUT, **body},
+            [(dtype, grad)],
+        )
 
 
 @pytest.fixture
 def learner(cluster):
-    return cluster.start("learner", None, "--max-staleness", "3",
-                         "--max-message-bytes", str(4 * N_PARAMS * 3))
+    return cluster.start(
+        "learner", None, "--max-staleness", "3", "--max-message-bytes", str(4 * N_PARAMS * 3)
+    )
 
 
 def rejected(learner, reason: str) -> float:
@@ -60,13 +64,14 @@ def test_every_bad_message_is_refused_with_its_reason(cluster, learner, tmp_path
     cases = [
         ("decode", lambda: peer.send_frames([b"\x00random bytes\xff"])),
         ("decode", lambda: peer.send_frames([b"\xc1\xc1\xc1", b""])),
-        ("protocol_version", lambda: peer.send_frames(
-            [msgpack.packb({"proto": [PROTOCOL_VERSION[0] + 1, 0]}), b""])),
+        (
+            "protocol_version",
+            lambda: peer.send_frames([msgpack.packb({"proto": [PROTOCOL_VERSION[0] + 1, 0]}), b""]),
+        ),
         ("unknown_type", lambda: peer.send("weights", {})),
         ("unknown_worker", lambda: peer.gradient()),
         ("model_mismatch", lambda: peer.send("hello", {"layout": "0123456789abcdef"})),
-        ("oversize", lambda: peer.send_frames(
-            [*header_only, *[bytes(4 * N_PARAMS)] * 4])),
+        ("oversize", lambda: peer.send_frames([*header_only, *[bytes(4 * N_PARAMS)] * 4])),
     ]
     for reason, send in cases:
         before = rejected(learner, reason)
@@ -96,16 +101,22 @@ def test_every_bad_message_is_refused_with_its_reason(cluster, learner, tmp_path
 
     # Raw int64 buffer declared as such: refused by dtype before anything is read.
     before = rejected(learner, "dtype")
-    frames = peer.session.encode("gradient", {"model_version": 0, "frames": 1, "layout": LAYOUT},
-                                 [("float32", np.zeros(N_PARAMS, np.float32))])
+    frames = peer.session.encode(
+        "gradient",
+        {"model_version": 0, "frames": 1, "layout": LAYOUT},
+        [("float32", np.zeros(N_PARAMS, np.float32))],
+    )
     header = msgpack.unpackb(frames[0])
     header["arrays"] = [["int64", [N_PARAMS // 2]]]
     reply = peer.send_frames([msgpack.packb(header), b"", bytes(frames[2])])
     assert reply["body"]["reason"] == "dtype" and rejected(learner, "dtype") == before + 1
 
     # Replays of an accepted message are refused.
-    good = peer.session.encode("gradient", {"model_version": 0, "frames": 20, "layout": LAYOUT},
-                               [("float32", np.full(N_PARAMS, 1e-3, np.float32))])
+    good = peer.session.encode(
+        "gradient",
+        {"model_version": 0, "frames": 20, "layout": LAYOUT},
+        [("float32", np.full(N_PARAMS, 1e-3, np.float32))],
+    )
     good = [bytes(f) for f in good]
     assert peer.send_frames(good)["body"]["accepted"] is True
     assert peer.send_frames(good)["body"]["reason"] == "replay"

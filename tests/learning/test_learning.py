@@ -14,9 +14,21 @@ pytestmark = pytest.mark.slow
 def a3c_run(tmp_path, *args, timeout):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", "--run-dir", str(run_dir),
-         "--progress-interval", "10", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "run",
+            "--run-dir",
+            str(run_dir),
+            "--progress-interval",
+            "10",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     print(result.stdout[-4000:], result.stderr[-4000:])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -28,8 +40,21 @@ def test_cartpole_is_solved_within_500k_frames(tmp_path):
     Measured here: solved after ~150-250k frames (DESIGN's plain Hogwild needed 80k-160k
     for good seeds and failed for others; reward normalisation removes that seed lottery)."""
     run_dir, summary = a3c_run(
-        tmp_path, "--env", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--seed", "0",
-        "--max-frames", "500000", "--target-score", "475", "--eval-interval", "2",
+        tmp_path,
+        "--env",
+        "CartPole-v1",
+        "--workers",
+        "2",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "0",
+        "--max-frames",
+        "500000",
+        "--target-score",
+        "475",
+        "--eval-interval",
+        "2",
         timeout=900,
     )
     assert summary["stopped_by"] == "target_score", summary
@@ -42,8 +67,18 @@ def test_cartpole_is_solved_within_500k_frames(tmp_path):
 def test_a_short_breakout_run_goes_through_the_whole_pipeline(tmp_path):
     """Atari frames -> gradients -> applied updates -> a full evaluation game, scored raw."""
     run_dir, summary = a3c_run(
-        tmp_path, "--env", "ALE/Breakout-v5", "--workers", "2", "--duration", "75",
-        "--eval-interval", "0", "--checkpoint-interval", "30", timeout=300,
+        tmp_path,
+        "--env",
+        "ALE/Breakout-v5",
+        "--workers",
+        "2",
+        "--duration",
+        "75",
+        "--eval-interval",
+        "0",
+        "--checkpoint-interval",
+        "30",
+        timeout=300,
     )
     assert summary["stopped_by"] == "duration"
     assert summary["updates"] >= 50 and summary["frames"] >= 50 * 20 * 4

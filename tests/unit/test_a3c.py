@@ -23,7 +23,7 @@ def test_gae_stops_at_episode_end():
     rewards = torch.tensor([[1.0], [1.0]])
     values = torch.tensor([[0.0], [0.0]])
     dones = torch.tensor([[1.0], [0.0]])  # the episode ended at step 0
-    advantages, returns = gae(rewards, values, dones, torch.tensor([10.0]), gamma=0.9, lam=1.0)
+    _, returns = gae(rewards, values, dones, torch.tensor([10.0]), gamma=0.9, lam=1.0)
     assert returns[:, 0].tolist() == pytest.approx([1.0, 1.0 + 0.9 * 10.0])
 
 
@@ -79,6 +79,7 @@ def test_advantage_normalisation_centres_the_policy_term():
     logits = torch.zeros(5, 1, 2)
     actions = torch.zeros(5, 1, dtype=torch.long)
     advantages = torch.arange(5.0).reshape(5, 1) * 100
-    terms = a3c_loss(logits, actions, torch.zeros(5, 1), advantages, torch.zeros(5, 1),
-                     0.5, 0.0, True)
+    terms = a3c_loss(
+        logits, actions, torch.zeros(5, 1), advantages, torch.zeros(5, 1), 0.5, 0.0, True
+    )
     assert terms.policy == pytest.approx(0.0, abs=1e-5)

@@ -6,8 +6,13 @@ from common.checkpoint import list_checkpoints, load_newest, save_checkpoint
 
 
 def state(version: int) -> dict:
-    return {"model": {"w": torch.full((3,), float(version))}, "optimizer": {}, "model_version": version,
-            "frames": version * 10, "layout": "abc"}
+    return {
+        "model": {"w": torch.full((3,), float(version))},
+        "optimizer": {},
+        "model_version": version,
+        "frames": version * 10,
+        "layout": "abc",
+    }
 
 
 def test_keeps_the_newest_k(tmp_path):

@@ -18,9 +18,17 @@ def cli_values(*argv: str) -> dict:
 def test_defaults_match_the_design():
     config = load_config({})
     assert (config.env, config.n_steps, config.gamma, config.gae_lambda) == (
-        "ALE/Breakout-v5", 20, 0.99, 1.0)
+        "ALE/Breakout-v5",
+        20,
+        0.99,
+        1.0,
+    )
     assert (config.lr, config.max_grad_norm, config.entropy_coef, config.value_coef) == (
-        1e-4, 50.0, 0.01, 0.5)
+        1e-4,
+        50.0,
+        0.01,
+        0.5,
+    )
 
 
 def test_env_vars_override_defaults_and_flags_override_env(monkeypatch):
@@ -41,8 +49,11 @@ def test_boolean_flags_and_env(monkeypatch):
 def test_every_invalid_value_is_reported_at_once(monkeypatch):
     monkeypatch.setenv("A3C_GAMMA", "1.5")
     with pytest.raises(ConfigError) as error:
-        load_config(cli_values("--n-steps", "0", "--learner", "nohost", "--grad-dtype", "float32",
-                               "--lr", "-1"))
+        load_config(
+            cli_values(
+                "--n-steps", "0", "--learner", "nohost", "--grad-dtype", "float32", "--lr", "-1"
+            )
+        )
     text = str(error.value)
     for field in ("gamma", "n_steps", "learner", "lr"):
         assert f"  {field}:" in text
@@ -57,7 +68,9 @@ def test_unknown_env_var_typo_is_not_silently_used(monkeypatch):
 def test_cli_exits_2_with_all_errors():
     result = subprocess.run(
         [sys.executable, "-m", "services.cli", "learner", "--port", "70000", "--lr", "0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "port" in result.stderr and "lr" in result.stderr

@@ -10,7 +10,7 @@ def test_breakout_frames_are_42x42_and_normalised():
     env = make_env("ALE/Breakout-v5", 0, training=True)
     obs, _ = env.reset(seed=0)
     for _ in range(20):
-        obs, reward, *_ = env.step(env.action_space.sample())
+        obs, *_ = env.step(env.action_space.sample())
     assert obs.shape == (1, 42, 42) and obs.dtype == np.float32
     assert abs(float(obs.mean())) < 5
     assert frames_per_step("ALE/Breakout-v5") == 4
@@ -39,7 +39,8 @@ def test_vector_env_reports_raw_game_scores():
         _, _, _, _, info = envs.step(envs.action_space.sample())
         final = info.get("final_info", {})
         if "game_score" in final:
-            scores += [s for s, m in zip(final["game_score"], final["_game_score"]) if m]
+            pairs = zip(final["game_score"], final["_game_score"], strict=True)
+            scores += [score for score, ended in pairs if ended]
     assert scores and all(s >= 8 for s in scores)
 
 

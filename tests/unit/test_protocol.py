@@ -18,8 +18,14 @@ def frames_of(header: dict, *buffers: bytes) -> list[bytes]:
 
 def valid_header(**changes) -> dict:
     header = {
-        "proto": list(PROTOCOL_VERSION), "type": "gradient", "sender": "w1", "run": "abc",
-        "seq": 1, "time": time.time(), "arrays": [["float32", [3]]], "body": {},
+        "proto": list(PROTOCOL_VERSION),
+        "type": "gradient",
+        "sender": "w1",
+        "run": "abc",
+        "seq": 1,
+        "time": time.time(),
+        "arrays": [["float32", [3]]],
+        "body": {},
     }
     header.update(changes)
     return header
@@ -29,7 +35,9 @@ def test_round_trip_with_arrays_is_zero_copy_and_exact():
     sender, receiver = Session("w1"), Session("learner")
     grads = np.arange(6, dtype=np.float32).reshape(2, 3)
     half = np.linspace(-1, 1, 5).astype(np.float16)
-    frames = sender.encode("gradient", {"model_version": 7}, [("float32", grads), ("float16", half)])
+    frames = sender.encode(
+        "gradient", {"model_version": 7}, [("float32", grads), ("float16", half)]
+    )
     message = receiver.decode([bytes(f) for f in frames])
     assert message.type == "gradient" and message.sender == "w1" and message.run == sender.run
     assert message.body == {"model_version": 7}
@@ -51,7 +59,10 @@ def test_sequence_numbers_increase():
         ([b"only one frame"], "decode"),
         ([b"\xc1\xff garbage", b""], "decode"),
         ([msgpack.packb([1, 2, 3]), b""], "decode"),
-        (frames_of(valid_header(proto=[PROTOCOL_VERSION[0] + 1, 0]), bytes(12)), "protocol_version"),
+        (
+            frames_of(valid_header(proto=[PROTOCOL_VERSION[0] + 1, 0]), bytes(12)),
+            "protocol_version",
+        ),
         (frames_of(valid_header(proto="1.0"), bytes(12)), "decode"),
         (frames_of(valid_header(type="launch_missiles"), bytes(12)), "unknown_type"),
         (frames_of(valid_header(seq="one"), bytes(12)), "decode"),
@@ -79,7 +90,10 @@ def test_oversize_message_is_refused_before_decoding():
 
 def test_signed_messages_verify_and_tampering_is_caught():
     key = b"secret"
-    frames = [bytes(f) for f in Session("w1", key).encode("gradient", {}, [("float32", np.ones(3, np.float32))])]
+    frames = [
+        bytes(f)
+        for f in Session("w1", key).encode("gradient", {}, [("float32", np.ones(3, np.float32))])
+    ]
     assert Session("learner", key).decode(frames).type == "gradient"
     tampered = [*frames[:2], np.zeros(3, np.float32).tobytes()]
     for bad, reason in [
@@ -116,8 +130,15 @@ def test_decoder_never_fails_other_than_with_protocol_error(frames):
     st.dictionaries(
         st.sampled_from(["proto", "type", "sender", "run", "seq", "time", "arrays", "body"]),
         st.recursive(
-            st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10),
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.floats()
+            | st.text(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
             max_leaves=8,
         ),
     ),

@@ -39,7 +39,9 @@ def test_parameter_vector_is_a_snapshot():
     np.testing.assert_array_equal(vector, snapshot)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0), ("float16", 2e-3), ("bfloat16", 1e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [("float32", 0), ("float16", 2e-3), ("bfloat16", 1e-2)]
+)
 def test_gradient_wire_dtypes_round_trip(model_with_grads, dtype, tolerance):
     exact = torch.cat([p.grad.reshape(-1) for p in model_with_grads.parameters()]).numpy()
     wire, scale = gradient_vector(model_with_grads, dtype)
