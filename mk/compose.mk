@@ -29,7 +29,7 @@ endif
 ## Start the stack: learner, WORKERS workers, evaluator, Prometheus, Grafana.
 up: image
 	IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FILES) up -d --no-build --scale worker=$(WORKERS)
-	@echo "Grafana    http://127.0.0.1:$${GRAFANA_PORT:-3000}  (anonymous, read-only)"
+	@$(if $(OFFLINE),echo "Grafana    not started (offline: no image)",echo "Grafana    http://127.0.0.1:$${GRAFANA_PORT:-3000}  (anonymous, read-only)")
 	@echo "Prometheus http://127.0.0.1:$${PROMETHEUS_PORT:-9090}"
 	@echo "Logs       $(COMPOSE) logs -f learner"
 
