@@ -34,7 +34,7 @@ RUN pip install ${PIP_INSTALL_ARGS} -r /tmp/requirements.txt
 # --- wheel: the project itself, as a wheel ----------------------------------------------------
 FROM deps AS wheel
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY services/ services/
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
