@@ -38,6 +38,7 @@ COMPOSE_FILES = (
     "docker-compose.auth.yml",
 )
 WORKERS = 8
+IMAGE = os.environ.get("TEST_COMPOSE_IMAGE", "a3c-breakout:ci")  # built by test-compose.sh
 # Variables of the compose files that the test sets itself; the caller's values must not leak in.
 COMPOSE_VARS = (
     "IMAGE",
@@ -194,7 +195,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env_file = tmp / "compose.env"
     env_file.write_text(
         "".join(f"{k}={v}\n" for k, v in ports.items())
-        + f"IMAGE={os.environ.get('TEST_COMPOSE_IMAGE', 'a3c-breakout:ci')}\n"
+        + f"IMAGE={IMAGE}\n"
         + f"AUTH_KEY_FILE={key}\n"
     )
     s = Stack(f"a3c-test-{os.getpid()}", env_file, ports["PROMETHEUS_PORT"])
@@ -432,3 +433,27 @@ def test_learner_restart_resumes_from_the_checkpoint_volume(stack: Stack) -> Non
         f"(version {version:.0f} before SIGTERM); {len(workers)}/{len(workers)} workers and "
         "the evaluator reconnected by themselves, none restarted"
     )
+
+
+def test_a_peer_without_the_key_is_refused(stack: Stack) -> None:
+    """The key really is in use: a worker started without the secret gets nowhere."""
+    before = stack.metrics("learner")
+    key = 'a3c_learner_gradients_rejected_total{reason="bad_signature"}'
+    name = f"{stack.project}-intruder"
+    subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", name, "--network", f"{stack.project}_default",
+         "-e", "A3C_LEARNER=learner:5555", "-e", "A3C_LOG_FORMAT=json", IMAGE, "worker"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        refused = wait_for(
+            "the learner to refuse the unsigned worker",
+            lambda: (n := stack.metrics("learner")[key]) > before[key] and n,
+            90,
+        )
+        learner = stack.metrics("learner")
+        assert learner["a3c_learner_workers_active"] == before["a3c_learner_workers_active"]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    say(f"a worker without the key was refused ({refused - before[key]:.0f} messages, "
+        "bad_signature) and never counted as active")  # fmt: skip
