@@ -3,6 +3,9 @@
 # A3C_STATE_DIR, ignored by git; slow downloads are cached in A3C_CACHE_DIR.
 set -euo pipefail
 
+# CI may run with a bare environment: find HOME (for ~/.docker and ~/.cache) if it is unset.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 A3C_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 A3C_STATE_DIR=${A3C_STATE_DIR:-$A3C_ROOT/build/compose}
 A3C_CACHE_DIR=${A3C_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/a3c-deploy}
