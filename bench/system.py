@@ -1,0 +1,179 @@
+"""The distributed system as users run it: `a3c run`'s own wiring (services.local.launcher),
+learner + W workers + evaluator as local processes on loopback, default configuration.
+
+After start-up and a warm-up, it reads over one window: env frames/s from the learner's
+`a3c_learner_env_frames_total` (frames behind applied gradients), staleness quantiles from its
+histogram, each worker's time split from `a3c_worker_phase_seconds_total{phase=...}`, and the
+CPU every process used (the evaluator's share included).
+
+    python -m bench.system --workers 2 --warmup 20 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.measure import CpuWindow, bucket_quantile, delta, scrape, window_buckets
+from common.config import Config, load_config
+from common.envs import frames_per_step
+from services.local.launcher import Child, LocalCluster
+
+START_TIMEOUT_S = 180.0
+WORKER_PHASES = ("env", "forward", "backward", "wire")
+SYSTEM_FIELDS = (
+    "env",
+    "workers",
+    "num_envs",
+    "n_steps",
+    "grad_dtype",
+    "max_inflight",
+    "max_staleness",
+    "lr",
+    "publish_interval",
+    "eval_interval",
+    "checkpoint_interval",
+)
+
+
+def run_system(
+    config: Config, seconds: float = 60.0, warmup: float = 20.0, evaluator: bool = True
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="a3c-bench-system-") as tmp:
+        cluster = LocalCluster(config.model_copy(update={"run_dir": Path(tmp)}))
+        if not evaluator:
+            cluster.children.remove(cluster.evaluator)
+        try:
+            for child in cluster.children:
+                child.start(cluster.env)
+            _wait_for_updates(cluster)
+            time.sleep(warmup)
+            return _measure(cluster, config, seconds, evaluator)
+        finally:
+            cluster.stop()
+
+
+def _wait_for_updates(cluster: LocalCluster) -> None:
+    """Warm-up starts once every worker has had a gradient applied (start-up excluded)."""
+    workers = _workers(cluster)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        _check_alive(cluster)
+        acked = [scrape(w.metrics_port).get("a3c_worker_gradients_acked_total", 0) for w in workers]
+        if all(n > 0 for n in acked):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers not training within {START_TIMEOUT_S:.0f}s: {acked}")
+        time.sleep(0.5)
+
+
+def _workers(cluster: LocalCluster) -> list[Child]:
+    return [c for c in cluster.children if c.name.startswith("worker")]
+
+
+def _check_alive(cluster: LocalCluster) -> None:
+    for child in cluster.children:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} died:\n{child.log_tail()}")
+
+
+def _measure(
+    cluster: LocalCluster, config: Config, seconds: float, evaluator: bool
+) -> dict[str, Any]:
+    workers = _workers(cluster)
+    pids = {c.name: c.process.pid for c in cluster.children if c.process is not None}
+    cpu = CpuWindow(pids)
+    learner_before = scrape(cluster.learner.metrics_port)
+    workers_before = [scrape(w.metrics_port) for w in workers]
+    cpu.start()
+    time.sleep(seconds)
+    learner_after = scrape(cluster.learner.metrics_port)
+    workers_after = [scrape(w.metrics_port) for w in workers]
+    cpu.stop()
+    _check_alive(cluster)
+    if not learner_after or not all(workers_after):
+        raise RuntimeError("a service stopped answering /metrics during the window")
+    wall = cpu.wall_s
+    frames = delta(learner_after, learner_before, "a3c_learner_env_frames_total")
+    updates = delta(learner_after, learner_before, "a3c_learner_updates_total")
+    played = sum(
+        delta(a, b, "a3c_worker_env_frames_total")
+        for a, b in zip(workers_after, workers_before, strict=True)
+    )
+    staleness = window_buckets(learner_after, learner_before, "a3c_learner_gradient_staleness")
+    rejected = sum(
+        v - learner_before.get(k, 0.0)
+        for k, v in learner_after.items()
+        if k.startswith("a3c_learner_gradients_rejected_total")
+    )
+    split = _worker_split(workers_after, workers_before, wall, config)
+    cores = cpu.report()
+    cluster_cores = cores["our_cores"]
+    return {
+        "frames_per_s": round(frames / wall, 1),
+        "frames_per_s_played": round(played / wall, 1),
+        "updates_per_s": round(updates / wall, 2),
+        "frames_per_cpu_s": round(frames / wall / cluster_cores, 1) if cluster_cores else None,
+        "staleness_p50": bucket_quantile(staleness, 0.5),
+        "staleness_p99": bucket_quantile(staleness, 0.99),
+        "staleness_buckets": [[b, round(n)] for b, n in staleness],
+        "rejected": round(rejected),
+        "worker_time_split": split,
+        "evaluator_cores": cores["cores"].get("evaluator"),
+        "configuration": {
+            "what": "a3c run wiring: learner + workers"
+            + (" + evaluator" if evaluator else " (no evaluator)")
+            + ", processes on loopback",
+            **{name: getattr(config, name) for name in SYSTEM_FIELDS},
+            "evaluator": evaluator,
+            "frames_per_agent_step": frames_per_step(config.env),
+            "warmup_note": "window starts after every worker had a gradient applied + warm-up",
+        },
+        "cpu": cores,
+    }
+
+
+def _worker_split(
+    after: list[dict[str, float]], before: list[dict[str, float]], wall: float, config: Config
+) -> dict[str, Any]:
+    """Where the workers' wall time went, as shares of the window and as ms per agent step.
+    `wire` is gradient encoding + send + waiting for the ack + loading the weights it carries;
+    `other` is what the phases do not cover (metrics, loop overhead)."""
+    seconds = {phase: 0.0 for phase in WORKER_PHASES}
+    steps = 0.0
+    for a, b in zip(after, before, strict=True):
+        for phase in WORKER_PHASES:
+            seconds[phase] += delta(a, b, f'a3c_worker_phase_seconds_total{{phase="{phase}"}}')
+        steps += delta(a, b, "a3c_worker_env_frames_total") / frames_per_step(config.env)
+    total = wall * len(after)
+    seconds["other"] = max(total - sum(seconds.values()), 0.0)
+    return {
+        "share": {phase: round(s / total, 3) for phase, s in seconds.items()},
+        "ms_per_agent_step": {
+            phase: round(1000 * s / steps, 3) if steps else None for phase, s in seconds.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="ALE/Breakout-v5")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--no-evaluator", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config({"env": args.env, "workers": args.workers, "num_envs": args.num_envs})
+    result = run_system(config, args.seconds, args.warmup, not args.no_evaluator)
+    json.dump(result, sys.stdout, indent=2, default=str)
+    print()
+
+
+if __name__ == "__main__":
+    main()

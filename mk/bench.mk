@@ -1,0 +1,18 @@
+# Benchmarks (docs/benchmarks.md): `make bench` measures, in one run on this machine, the
+# system (learner + 2 workers + evaluator on Breakout), a Hogwild baseline before and after it,
+# and the learner's ceiling under 1..64 synthetic senders; it writes bench/results.json and
+# bench/results.md (about five minutes). Not part of `make test`: speed is proven here, never
+# by a timed test.
+#   make bench                          the full run
+#   make bench-quick                    short windows (about a minute)
+#   make bench BENCH_ARGS='--only ceiling --senders 1,8,64'
+
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick
+
+bench: setup
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: setup
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
