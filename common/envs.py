@@ -189,6 +189,7 @@ def make_env(
     sticky_actions: float | None = None,
     normalize_rewards: bool = False,
     gamma: float = 0.99,
+    render_mode: str | None = None,
 ) -> gym.Env:
     """One environment for training (`training=True`) or for the evaluation protocol.
 
@@ -204,6 +205,7 @@ def make_env(
             repeat_action_probability=sticky if training else EVAL_STICKY_ACTIONS,
             max_num_frames_per_episode=ATARI_FRAME_CAP,
             full_action_space=False,
+            render_mode=render_mode,
         )
         env = GameScore(env)
         env = NoopStart(env)
@@ -216,7 +218,7 @@ def make_env(
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
         env = _preprocess_frames(env)
     else:
-        env = GameScore(gym.make(env_id))
+        env = GameScore(gym.make(env_id, render_mode=render_mode))
         env = _scale_by_bounds(env)
         if training and normalize_rewards:
             env = gym.wrappers.NormalizeReward(env, gamma=gamma)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 from common.envs import frames_per_step
@@ -32,10 +31,10 @@ def play_episode(
     policy: str = "greedy",
     seed: int | None = None,
     stop: threading.Event | None = None,
-    on_step: Callable[[np.ndarray], None] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> EpisodeResult | None:
-    """One full episode; None if `stop` was set before it ended. `on_step` sees every raw
-    observation (for recording)."""
+    """One full episode; None if `stop` was set before it ended. `on_step` is called after
+    every step with the score so far (for recording)."""
     obs, _ = env.reset(seed=seed)
     state = model.initial_state(1)
     generator = torch.Generator().manual_seed(seed or 0)
@@ -50,7 +49,7 @@ def play_episode(
         score += float(reward)
         steps += 1
         if on_step is not None:
-            on_step(obs)
+            on_step(score)
         if terminated or truncated:
             score = float(info.get("game_score", score))
             frames = int(info.get("game_steps", steps)) * frames_per_step(env_id)

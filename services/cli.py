@@ -5,6 +5,8 @@
     a3c worker     a worker service
     a3c evaluator  the evaluator service
     a3c evaluate   play N games with a checkpoint under the evaluation protocol
+    a3c record     a GIF of one game played by a checkpoint
+    a3c plot       a run's learning curve from its eval.jsonl
 
 Every flag is a field of common.config.Config and can also be set as A3C_<FIELD>. Invalid
 settings are all reported at once, with exit code 2, before anything starts.
@@ -49,12 +51,29 @@ def _evaluate(config: Config) -> None:
     evaluate_checkpoint(config)
 
 
+def _record(config: Config) -> None:
+    from services.evaluator.record import record_game
+
+    record_game(config)
+
+
+def _plot(config: Config) -> None:
+    from services.local.plot import plot_run
+
+    if config.run_dir is None or config.out is None:
+        print("a3c plot: usage: a3c plot RUN_DIR --out FILE.png", file=sys.stderr)
+        raise SystemExit(2)
+    print(plot_run(config.run_dir, config.out, config.eval_window))
+
+
 COMMANDS: dict[str, tuple[Callable[[Config], None], str]] = {
     "run": (_run, "train locally: learner + workers + evaluator as processes on loopback"),
     "learner": (_learner, "run the learner service"),
     "worker": (_worker, "run a worker service"),
     "evaluator": (_evaluator, "run the evaluator service"),
     "evaluate": (_evaluate, "evaluate a checkpoint: --checkpoint PATH --episodes N --out FILE"),
+    "record": (_record, "record a GIF of one game: --checkpoint PATH --out FILE.gif"),
+    "plot": (_plot, "plot a run's learning curve: RUN_DIR --out FILE.png"),
 }
 
 
@@ -66,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_config_flags(sub)
+        if name == "plot":
+            sub.add_argument("run_dir", nargs="?", default=argparse.SUPPRESS, metavar="RUN_DIR")
     return parser
 
 

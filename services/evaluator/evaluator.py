@@ -93,6 +93,7 @@ class Evaluator:
         self.metrics.train_frames.set(frames)
         self.metrics.episode_frames.set(result.frames)
         record = {
+            "env": self.config.env,
             "time": started,
             "duration_s": round(time.time() - started, 3),
             "frames": frames,

@@ -17,15 +17,26 @@ def test_learner_killed_hard_resumes_and_every_peer_reconnects(cluster, tmp_path
     saved, _ = load_newest(tmp_path / "ckpt")
 
     restarted = cluster.start("learner", "learner-restarted")
-    wait_for(lambda: restarted.value("a3c_learner_model_version") >= saved["model_version"], 30,
-             "resume from the newest valid checkpoint")
+    wait_for(
+        lambda: restarted.value("a3c_learner_model_version") >= saved["model_version"],
+        30,
+        "resume from the newest valid checkpoint",
+    )
     wait_for(lambda: restarted.value("a3c_learner_workers_active") == 2, 60, "workers back")
-    wait_for(lambda: restarted.value("a3c_learner_model_version") >= saved["model_version"] + 20,
-             60, "training to go on")
+    wait_for(
+        lambda: restarted.value("a3c_learner_model_version") >= saved["model_version"] + 20,
+        60,
+        "training to go on",
+    )
     episodes = evaluator.value("a3c_evaluator_episodes_total")
-    wait_for(lambda: evaluator.value("a3c_evaluator_model_version") > saved["model_version"]
-             and evaluator.value("a3c_evaluator_episodes_total") > episodes, 60,
-             "the evaluator to score weights of the restarted learner")
+    wait_for(
+        lambda: (
+            evaluator.value("a3c_evaluator_model_version") > saved["model_version"]
+            and evaluator.value("a3c_evaluator_episodes_total") > episodes
+        ),
+        60,
+        "the evaluator to score weights of the restarted learner",
+    )
     assert all(w.process.poll() is None for w in [*workers, evaluator])
 
 
@@ -35,13 +46,19 @@ def test_a_hung_worker_is_detected_and_rejoins_when_it_wakes(cluster):
     wait_for(lambda: learner.value("a3c_learner_workers_active") == 2, 60, "2 workers")
     hung.process.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: learner.value("a3c_learner_workers_active") == 1, 30,
-                 "the hung worker to be forgotten")
+        wait_for(
+            lambda: learner.value("a3c_learner_workers_active") == 1,
+            30,
+            "the hung worker to be forgotten",
+        )
         assert "forgetting worker w0" in learner.log()
     finally:
         hung.process.send_signal(signal.SIGCONT)
     acked = hung.value("a3c_worker_gradients_acked_total")
     wait_for(lambda: learner.value("a3c_learner_workers_active") == 2, 60, "the worker to rejoin")
-    wait_for(lambda: hung.value("a3c_worker_gradients_acked_total") > acked, 60,
-             "its gradients to be applied again")
+    wait_for(
+        lambda: hung.value("a3c_worker_gradients_acked_total") > acked,
+        60,
+        "its gradients to be applied again",
+    )
     assert healthy.process.poll() is None

@@ -1,0 +1,110 @@
+"""`a3c evaluate`, `a3c record` and `a3c plot` on real files, as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common.checkpoint import atomic_save
+from common.envs import env_spaces
+from common.model import ActorCritic
+from common.weights import layout_digest
+from tests.conftest import REPO
+
+
+def a3c(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def breakout_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ActorCritic(*env_spaces("ALE/Breakout-v5"))
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    atomic_save(
+        path,
+        {
+            "model": {k: v.half() for k, v in model.state_dict().items()},
+            "layout": layout_digest(model),
+            "env": "ALE/Breakout-v5",
+            "model_version": 12,
+            "frames": 3456,
+        },
+    )
+    return path
+
+
+def test_evaluate_plays_full_games_under_the_protocol(breakout_model, tmp_path):
+    out = tmp_path / "eval.json"
+    result = a3c(
+        "evaluate",
+        "--checkpoint",
+        str(breakout_model),
+        "--episodes",
+        "2",
+        "--eval-policy",
+        "sample",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["episodes"] == 2 and len(report["scores"]) == 2
+    assert report["mean_score"] == sum(report["scores"]) / 2
+    assert report["model_version"] == 12 and report["train_frames"] == 3456
+    assert report["protocol"]["sticky_actions"] == 0.25 and report["protocol"]["noop_max"] == 30
+    assert all(frames > 0 for frames in report["episode_frames"])
+
+
+def test_evaluate_refuses_bad_checkpoints_clearly(breakout_model, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    for args, message in [
+        (["--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
+        (["--checkpoint", str(garbage)], "unreadable"),
+        (["--checkpoint", str(breakout_model), "--env", "CartPole-v1"], "trained on"),
+    ]:
+        result = a3c("evaluate", *args, "--episodes", "1")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_record_writes_a_gif_of_a_whole_game(breakout_model, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "game.gif"
+    result = a3c(
+        "record", "--checkpoint", str(breakout_model), "--out", str(out), "--eval-policy", "sample"
+    )
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as gif:
+        assert gif.n_frames > 20 and gif.size == (160, 210)
+
+
+def test_plot_draws_the_learning_curve(tmp_path):
+    lines = [
+        json.dumps(
+            {
+                "env": "ALE/Breakout-v5",
+                "time": 1000.0 + 60 * i,
+                "frames": 10_000 * i,
+                "version": i,
+                "score": float(i % 7),
+                "mean_score": 3.0,
+            }
+        )
+        for i in range(30)
+    ]
+    (tmp_path / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "curve.png"
+    result = a3c("plot", str(tmp_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert a3c("plot", str(tmp_path / "nothing"), "--out", str(out)).returncode == 2
