@@ -89,7 +89,7 @@ def learner_metrics() -> LearnerMetrics:
         apply_seconds=Histogram(
             "a3c_learner_apply_seconds",
             "Time to validate and apply one gradient",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 2.5),
             registry=r,
         ),
         messages=Counter("a3c_learner_messages", "Messages received", ["type"], registry=r),
