@@ -45,9 +45,9 @@ def test_parameter_vector_is_a_snapshot():
 def test_gradient_wire_dtypes_round_trip(model_with_grads, dtype, tolerance):
     exact = torch.cat([p.grad.reshape(-1) for p in model_with_grads.parameters()]).numpy()
     wire, scale = gradient_vector(model_with_grads, dtype)
-    out = np.zeros(parameter_count(model_with_grads), np.float32)
+    out = torch.zeros(parameter_count(model_with_grads))
     decode_into(out, wire, dtype, scale)
-    np.testing.assert_allclose(out, exact, rtol=tolerance, atol=tolerance * np.abs(exact).max())
+    np.testing.assert_allclose(out.numpy(), exact, rtol=tolerance, atol=tolerance * np.abs(exact).max())
 
 
 def test_float16_scaling_keeps_tiny_gradients(model_with_grads):
@@ -55,8 +55,9 @@ def test_float16_scaling_keeps_tiny_gradients(model_with_grads):
         p.grad.mul_(1e-9)  # far below float16's smallest subnormal (6e-8)
     exact = torch.cat([p.grad.reshape(-1) for p in model_with_grads.parameters()]).numpy()
     wire, scale = gradient_vector(model_with_grads, "float16")
-    out = np.zeros_like(exact)
+    out = torch.zeros(len(exact))
     decode_into(out, wire, "float16", scale)
+    out = out.numpy()
     big = np.abs(exact) > np.abs(exact).max() * 1e-3
     np.testing.assert_allclose(out[big], exact[big], rtol=2e-3)
 
