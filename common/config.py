@@ -65,6 +65,10 @@ class Config(BaseSettings):
     the critic's targets near unit scale). Atari rewards are clipped to [-1, 1] instead."""
     grad_dtype: GradDtype = "float32"
     """Gradient precision on the wire; float16 is loss-scaled per message to avoid underflow."""
+    sync_interval: int = Field(1, ge=1, le=1000)
+    """A worker asks for fresh weights with every sync_interval-th gradient. 1 is the classic
+    A3C (every rollout starts from the global model); more saves learner bandwidth (a 2.35 MB
+    reply per update) at the cost of staleness."""
     max_inflight: int = Field(1, ge=1, le=16)
     """Gradients a worker may have unacknowledged; bounds its backlog and its staleness."""
 

@@ -303,11 +303,12 @@ class Learner:
         self.metrics.env_frames.inc(frames)
         self.metrics.staleness.observe(staleness)
         self._record_stats(body)
+        want_weights = body.get("want_weights", True) is not False
         self.server.reply(
             identity,
             "ack",
             {**self._weights_body(), "accepted": True},
-            [("float32", self.weights())],
+            [("float32", self.weights())] if want_weights else (),
         )
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
 

@@ -68,6 +68,7 @@ class Worker:
         self.version = -1
         self.health: Health | None = None
         self.inflight = 0
+        self._since_weights = 0
         self.applied = 0
         self._last_sent = time.monotonic()
         self._backoff = 0.5
@@ -109,6 +110,7 @@ class Worker:
             log.error("learner sent weights for another model; ignoring them")
             return
         load_parameter_vector(self.model, message.arrays[0])
+        self._since_weights = 0
         self.version = int(message.body["model_version"])
         self.metrics.model_version.set(self.version)
 
@@ -256,7 +258,9 @@ class Worker:
             log.error("dropping a non-finite gradient (version %d)", self.version)
             return True
         wire, scale = gradient_vector(self.model, self.config.grad_dtype)
+        self._since_weights += 1
         body = {
+            "want_weights": self._since_weights >= self.config.sync_interval,
             "model_version": self.version,
             "frames": rollout.frames,
             "layout": self.layout,

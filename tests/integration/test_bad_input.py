@@ -166,3 +166,14 @@ def test_signed_cluster_trains(cluster):
     wait_for(lambda: learner.value("a3c_learner_updates_total") >= 10, 60, "signed updates")
     assert rejected(learner, "bad_signature") == 0
     assert math.isfinite(learner.value("a3c_learner_model_version"))
+
+
+def test_acks_carry_weights_only_when_the_worker_asks(cluster, learner):
+    peer = RawPeer(cluster.address)
+    assert peer.send("hello", {"layout": LAYOUT})["type"] == "welcome"
+    without = peer.gradient(version=0, want_weights=False)
+    assert without["body"]["accepted"] is True and without["arrays"] == []
+    with_weights = peer.gradient(version=1)
+    assert with_weights["body"]["accepted"] is True
+    assert with_weights["arrays"][0].shape == (N_PARAMS,)
+    assert with_weights["body"]["model_version"] == 2
