@@ -46,9 +46,14 @@ def shared_adam_state(model: torch.nn.Module) -> SharedAdamState:
     return state
 
 
+ADAM_FUSED = True
+"""As services/learner builds its Adam: keep the two the same, or the baseline measures an
+optimizer difference instead of the wire."""
+
+
 def shared_adam(model: torch.nn.Module, state: SharedAdamState, lr: float) -> torch.optim.Adam:
     """The learner's optimizer (torch Adam, same settings), statistics shared between processes."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=ADAM_FUSED)
     for param, (step, exp_avg, exp_avg_sq) in zip(model.parameters(), state, strict=True):
         optimizer.state[param] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     return optimizer
@@ -243,6 +248,7 @@ def _report(config: Config, processes: int, window: torch.Tensor, cpu: CpuWindow
             "num_envs": config.num_envs,
             "n_steps": config.n_steps,
             "lr": config.lr,
+            "adam": f"torch Adam, fused={ADAM_FUSED}, shared step and moments",
             "frames_per_agent_step": frames_per_step(config.env),
         },
         "cpu": cpu.report(),

@@ -1,12 +1,9 @@
 """The learner's ceiling: a real learner process fed by synthetic gradient senders, no envs.
 
-A sender is what a worker is to the learner, minus the environment and the model: its own
-Session (identity, run id, sequence) and DealerClient, a hello with the model's layout, then
-one precomputed random gradient after another, each sent as soon as the previous one's ack
-(with the newest weights) is back, exactly the worker's `max_inflight=1` flow. K senders are
-multiplexed over a few sender processes (one poll loop each): 64 processes importing torch on a
-small machine would measure the scheduler, not the learner. Updates/s are read from the
-learner's own /metrics; bytes per update from the messages themselves.
+For each sender count K, K synthetic senders (bench/senders.py: a worker's protocol and flow,
+no env, no model) push gradients as fast as acks return. They are multiplexed over a few sender
+processes: 64 processes importing torch on a small machine would measure the scheduler, not the
+learner. Updates/s come from the learner's own /metrics, bytes per update from the messages.
 
     python -m bench.learner_ceiling --senders 1,2,4,8,16,32,64 --seconds 5
 """
@@ -14,226 +11,26 @@ learner's own /metrics; bytes per update from the messages themselves.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import multiprocessing as mp
-import queue
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import zmq
 
-from bench.measure import (
-    CpuWindow,
-    bucket_quantile,
-    delta,
-    scrape,
-    window_buckets,
-)
+from bench.measure import CpuWindow, bucket_quantile, delta, scrape, window_buckets
+from bench.senders import SenderPool, Target
 from common.config import Config, load_config
 from common.envs import env_spaces, frames_per_step
 from common.model import ActorCritic, parameter_count
-from common.protocol import Session
-from common.transport import DealerClient
-from common.weights import gradient_vector, layout_digest
+from common.weights import layout_digest
 from services.local.launcher import Child, free_port
 
 SENDER_COUNTS = (1, 2, 4, 8, 16, 32, 64)
-HELLO_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
-GRADIENT_STD = 1e-3
-"""Random gradients of about this size: finite, and small enough that Adam stays sane."""
-
-
-# --- the sender processes ------------------------------------------------------------------
-
-
-def _wire_gradients(n_params: int, seed: int) -> dict[str, tuple[np.ndarray, float]]:
-    """One random gradient per wire dtype, encoded by the worker's own `gradient_vector`."""
-    holder = torch.nn.Module()
-    holder.flat = torch.nn.Parameter(torch.zeros(n_params))
-    generator = torch.Generator().manual_seed(seed)
-    holder.flat.grad = torch.randn(n_params, generator=generator) * GRADIENT_STD
-    return {dtype: gradient_vector(holder, dtype) for dtype in ("float32", "float16")}
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a sender needs to know about the learner it feeds."""
-
-    host: str
-    port: int
-    layout: str
-    n_params: int
-    frames_per_update: int
-
-
-def _sender_process(index: int, target: Target, commands: Any, results: Any, stop: Any) -> None:
-    """Runs phases on command: ("run", count, dtype, phase) connects `count` senders, says
-    hello, reports ready, pushes gradients until `stop`, then reports its counts; None exits."""
-    torch.set_num_threads(1)
-    wires = _wire_gradients(target.n_params, seed=index)
-    while True:
-        command = commands.get()
-        if command is None:
-            return
-        _, count, dtype, phase = command
-        try:
-            names = [f"bench-sender-{phase}-{index}-{i}" for i in range(count)]
-            ready = functools.partial(results.put, ("ready", index, None))
-            stats = _run_phase(target, names, dtype, wires[dtype], ready, stop)
-            results.put(("done", index, stats))
-        except Exception as error:  # reported to the parent, which fails the benchmark
-            results.put(("error", index, f"{type(error).__name__}: {error}"))
-
-
-def _run_phase(
-    target: Target,
-    names: list[str],
-    dtype: str,
-    wire: tuple[np.ndarray, float],
-    ready: Callable[[], None],
-    stop: Any,
-) -> dict[str, Any]:
-    gradient, scale = wire
-    clients = [DealerClient(Session(name), target.host, target.port) for name in names]
-    versions = [-1] * len(clients)
-    layout, count = target.layout, len(clients)
-    try:
-        for i, client in enumerate(clients):
-            client.send("hello", {"layout": layout, "role": "worker"})
-            reply = client.recv(int(HELLO_TIMEOUT_S * 1000))
-            if reply is None or reply.message is None or reply.message.type != "welcome":
-                raise RuntimeError(f"{names[i]}: no welcome from the learner")
-            versions[i] = int(reply.message.body["model_version"])
-        ready()
-        poller = zmq.Poller()
-        by_socket = {}
-        for i, client in enumerate(clients):
-            assert client.sock is not None
-            poller.register(client.sock, zmq.POLLIN)
-            by_socket[client.sock] = i
-        stats = {"acks": 0, "rejected": 0, "gradient_bytes": 0, "ack_bytes": 0}
-
-        def body(i: int) -> dict[str, Any]:
-            return {
-                "model_version": versions[i],
-                "frames": target.frames_per_update,
-                "layout": layout,
-                "scale": scale,
-                "stats": {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "grad_norm": 0.0},
-                "episode_returns": [],
-            }
-
-        def send(i: int) -> None:
-            if not clients[i].send("gradient", body(i), [(dtype, gradient)], timeout_ms=10_000):
-                raise RuntimeError(f"{names[i]}: the learner does not take gradients")
-
-        # What one gradient message weighs on the wire (a scratch session: no sequence used).
-        frames = Session("bench-size").encode("gradient", body(0), [(dtype, gradient)])
-        stats["gradient_bytes"] = sum(memoryview(frame).nbytes for frame in frames)
-        for i in range(count):
-            send(i)
-        while not stop.is_set():
-            for sock, _ in poller.poll(200):
-                i = by_socket[sock]
-                reply = clients[i].recv(0)
-                if reply is None:
-                    continue
-                if reply.message is None:
-                    raise RuntimeError(f"unreadable reply: {reply.error}")
-                message = reply.message
-                if message.type == "ack":
-                    stats["acks" if message.body.get("accepted") else "rejected"] += 1
-                    stats["ack_bytes"] = message.nbytes
-                    versions[i] = int(message.body["model_version"])
-                    send(i)
-                elif message.type == "error":
-                    raise RuntimeError(f"learner refused a gradient: {message.body}")
-        for client in clients:
-            client.send("bye", {}, timeout_ms=200)
-        return stats
-    finally:
-        for client in clients:
-            client.close()
-
-
-# --- the driver ----------------------------------------------------------------------------
-
-
-class SenderPool:
-    """Sender processes kept across phases (spawning torch processes is the slow part)."""
-
-    def __init__(self, processes: int, target: Target) -> None:
-        context = mp.get_context("spawn")
-        self.stop = context.Event()
-        self.results = context.Queue()
-        self.commands = [context.Queue() for _ in range(processes)]
-        self.procs = [
-            context.Process(
-                target=_sender_process,
-                args=(i, target, self.commands[i], self.results, self.stop),
-                name=f"sender-{i}",
-                daemon=True,
-            )
-            for i in range(processes)
-        ]
-        for proc in self.procs:
-            proc.start()
-        self.phase = 0
-
-    def start_phase(self, senders: int, dtype: str) -> list[int]:
-        """Spread `senders` over the processes; returns the indices of those taking part."""
-        self.phase += 1
-        self.stop.clear()
-        n = len(self.procs)
-        share = [senders // n + (i < senders % n) for i in range(n)]
-        active = [i for i, n in enumerate(share) if n > 0]
-        for i in active:
-            self.commands[i].put(("run", share[i], dtype, self.phase))
-        self._collect("ready", active, START_TIMEOUT_S)
-        return active
-
-    def end_phase(self, active: list[int]) -> list[dict[str, Any]]:
-        self.stop.set()
-        return self._collect("done", active, 30.0)
-
-    def _collect(self, kind: str, active: list[int], timeout: float) -> list[Any]:
-        got: dict[int, Any] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < len(active):
-            dead = [p.name for p in self.procs if not p.is_alive()]
-            if dead:
-                raise RuntimeError(f"sender process died: {dead}")
-            try:
-                what, index, payload = self.results.get(timeout=0.5)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"senders not {kind} within {timeout:.0f}s") from None
-                continue
-            if what == "error":
-                raise RuntimeError(f"sender process {index}: {payload}")
-            if what == kind:
-                got[index] = payload
-        return [got[i] for i in sorted(got)]
-
-    def close(self) -> None:
-        self.stop.set()
-        for q in self.commands:
-            q.put(None)
-        deadline = time.monotonic() + 15
-        for proc in self.procs:
-            proc.join(max(deadline - time.monotonic(), 0.1))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
 
 
 def start_learner(config: Config, workdir: Path) -> tuple[Child, int, int]:
@@ -264,8 +61,6 @@ def start_learner(config: Config, workdir: Path) -> tuple[Child, int, int]:
 
 
 def _child_env() -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("A3C_")}
     env["A3C_LOG_LEVEL"] = "WARNING"  # 64 "worker joined" lines per phase are not news
     return env

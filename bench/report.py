@@ -41,6 +41,16 @@ def _headline(result: dict[str, Any]) -> list[str]:
             f"{sys_cfg['grad_dtype']} wire, {_num(system['cpu']['window_s'])} s window",
             "system_frames_per_s",
         ))  # fmt: skip
+    for key, figure in figures.items():
+        if key.startswith("system_num_envs_"):
+            cfg = figure["configuration"]
+            rows.append((
+                f"system_frames_per_s, num_envs {cfg['num_envs']}",
+                _num(figure["value"]),
+                f"as above with {cfg['num_envs']} envs per worker; vs Hogwild (batch 1): "
+                f"{_num(figure.get('ratio_vs_hogwild'), 3)}",
+                key,
+            ))  # fmt: skip
     if "hogwild_frames_per_s" in figures:
         cfg = hog[0]["configuration"]
         runs = ", ".join(_num(run["frames_per_s"]) for run in hog)

@@ -39,7 +39,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument("--workers", type=int, default=2, help="system workers = Hogwild processes")
-    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--num-envs", type=int, default=1, help="envs per system worker")
+    parser.add_argument(
+        "--hogwild-num-envs", type=int, default=1, help="Hogwild batch (classic: 1)"
+    )
+    parser.add_argument(
+        "--also-num-envs",
+        type=int,
+        action="append",
+        default=[],
+        help="extra system run with this many envs per worker (repeatable; not in the ratio)",
+    )
     parser.add_argument("--hogwild-seconds", type=float)
     parser.add_argument("--hogwild-warmup", type=float)
     parser.add_argument("--system-seconds", type=float)
@@ -71,6 +81,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the selected benchmarks; a failing one is recorded, the others still run."""
     torch.set_num_threads(1)
     config = load_config({"env": args.env, "workers": args.workers, "num_envs": args.num_envs})
+    hogwild_config = config.model_copy(update={"num_envs": args.hogwild_num_envs})
     wanted = set(args.only or ("hogwild", "system", "ceiling"))
     details: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -88,7 +99,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         return result
 
     def hogwild() -> Any:
-        return run_hogwild(config, args.workers, args.hogwild_seconds, args.hogwild_warmup)
+        return run_hogwild(hogwild_config, args.workers, args.hogwild_seconds, args.hogwild_warmup)
 
     hogwild_runs = []
     if "hogwild" in wanted:
@@ -104,6 +115,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         hogwild_runs.append(attempt("hogwild (after)", hogwild))
     if "hogwild" in wanted:
         details["hogwild"] = [run for run in hogwild_runs if run is not None]
+    for num_envs in args.also_num_envs:
+        batched = config.model_copy(update={"num_envs": num_envs})
+        details[f"system_num_envs_{num_envs}"] = attempt(
+            f"system, num_envs {num_envs}",
+            lambda c=batched: run_system(
+                c, args.system_seconds, args.system_warmup, not args.no_evaluator
+            ),
+        )
     if "ceiling" in wanted:
         counts = tuple(int(k) for k in args.senders.split(","))
         f16 = (
@@ -179,6 +198,18 @@ def summarise(
             {"system": system["configuration"]["what"], "hogwild": "mean of the bracketing runs"},
             [system["cpu"], *[run["cpu"] for run in hogwild_runs]],
             per_cpu=result.get("ratio_vs_hogwild_per_cpu"),
+        )
+    for name, batched in details.items():
+        if not (name.startswith("system_num_envs_") and batched):
+            continue
+        result[f"{name}_frames_per_s"] = batched["frames_per_s"]
+        ratio = batched["frames_per_s"] / result["hogwild_frames_per_s"] if hogwild_runs else None
+        figures[f"{name}_frames_per_s"] = _figure(
+            batched["frames_per_s"],
+            "env frames/s",
+            batched["configuration"],
+            [batched["cpu"]],
+            ratio_vs_hogwild=round(ratio, 3) if ratio else None,
         )
     if ceiling:
         result["learner_max_updates_per_s"] = ceiling["max_updates_per_s"]

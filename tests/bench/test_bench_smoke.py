@@ -63,3 +63,22 @@ def test_quantiles_come_from_the_window_only():
 def test_report_renders_partial_results():
     text = render_markdown({"errors": {"system": "boom"}, "figures": {}})
     assert "Failed: system" in text
+
+
+def test_hogwild_adam_updates_the_shared_statistics_in_place():
+    import torch
+
+    from bench.hogwild import shared_adam, shared_adam_state
+    from common.model import ActorCritic
+
+    model = ActorCritic((4,), 2)
+    state = shared_adam_state(model)
+    optimizer = shared_adam(model, state, lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    assert all(float(step) == 1.0 for step, _, _ in state)
+    assert all(float(m.abs().sum()) > 0 for _, m, _ in state)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(t.is_shared() for entry in state for t in entry)
