@@ -15,32 +15,21 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from common.a3c import a3c_loss, gae
 from common.config import Config, split_address
 from common.envs import env_spaces, frames_per_step, make_vector_env
 from common.metrics import Health, WorkerMetrics, worker_metrics
-from common.model import ActorCritic, LSTMState
+from common.model import ActorCritic
 from common.protocol import Message, Session
+from common.rollout import RolloutResult, RolloutRunner
 from common.transport import DealerClient
 from common.weights import gradient_vector, layout_digest, load_parameter_vector
 
 log = logging.getLogger("worker")
 
 MAX_BACKOFF_S = 10.0
-
-
-@dataclass
-class Rollout:
-    """What one rollout produced, ready to send."""
-
-    frames: int
-    stats: dict[str, float]
-    episode_returns: list[float] = field(default_factory=list)
 
 
 class Worker:
@@ -61,7 +50,6 @@ class Worker:
             config.normalize_rewards,
             config.gamma,
         )
-        self.frames_per_step = frames_per_step(config.env)
         self.session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
         host, port = split_address(config.learner)
         self.client = DealerClient(self.session, host, port)
@@ -72,9 +60,9 @@ class Worker:
         self.applied = 0
         self._last_sent = time.monotonic()
         self._backoff = 0.5
-        obs, _ = self.envs.reset(seed=config.seed)
-        self.obs = torch.as_tensor(obs)
-        self.state: LSTMState = self.model.initial_state(config.num_envs)
+        self.runner = RolloutRunner(
+            self.model, self.envs, config, frames_per_step(config.env), config.seed
+        )
 
     # --- connection ------------------------------------------------------------------------
 
@@ -157,102 +145,18 @@ class Worker:
 
     # --- the actor-learner step ------------------------------------------------------------
 
-    def rollout(self) -> Rollout:
-        """Play n_steps in every env and leave the A3C loss's gradient in the model."""
-        config, model = self.config, self.model
-        timers = {"env": 0.0, "forward": 0.0, "backward": 0.0}
-        h, c = self.state[0].detach(), self.state[1].detach()
-        logits_t, values_t, actions_t, rewards_t, dones_t = [], [], [], [], []
-        episode_returns: list[float] = []
-        for _ in range(config.n_steps):
-            t0 = time.perf_counter()
-            logits, value, (h, c) = model(self.obs, (h, c))
-            action = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(-1)
-            t1 = time.perf_counter()
-            obs, reward, terminated, truncated, info = self.envs.step(action.numpy())
-            t2 = time.perf_counter()
-            reward = torch.as_tensor(reward, dtype=torch.float32)
-            if truncated.any():
-                reward = reward + self._truncation_bootstrap(info, truncated, terminated, (h, c))
-            done = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-            episode_returns += self._finished_games(info)
-            logits_t.append(logits)
-            values_t.append(value)
-            actions_t.append(action)
-            rewards_t.append(reward)
-            dones_t.append(done)
-            keep = (1.0 - done).unsqueeze(-1)
-            h, c = h * keep, c * keep
-            self.obs = torch.as_tensor(obs)
-            timers["forward"] += t1 - t0
-            timers["env"] += t2 - t1
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            _, bootstrap, _ = model(self.obs, (h, c))
-        advantages, returns = gae(
-            torch.stack(rewards_t),
-            torch.stack(values_t),
-            torch.stack(dones_t),
-            bootstrap,
-            config.gamma,
-            config.gae_lambda,
-        )
-        loss = a3c_loss(
-            torch.stack(logits_t),
-            torch.stack(actions_t),
-            torch.stack(values_t),
-            advantages,
-            returns,
-            config.value_coef,
-            config.entropy_coef,
-            config.normalize_advantages,
-        )
-        t1 = time.perf_counter()
-        model.zero_grad(set_to_none=False)
-        loss.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        self.state = (h.detach(), c.detach())
-        timers["forward"] += t1 - t0
-        timers["backward"] += time.perf_counter() - t1
-        for phase, seconds in timers.items():
+    def rollout(self) -> RolloutResult:
+        """Play one rollout; its A3C gradient is left in the model."""
+        result = self.runner.run()
+        for phase, seconds in result.seconds.items():
             self.metrics.phase_seconds.labels(phase=phase).inc(seconds)
-        frames = config.n_steps * config.num_envs * self.frames_per_step
-        self.metrics.env_frames.inc(frames)
-        stats = {
-            "policy_loss": loss.policy,
-            "value_loss": loss.value,
-            "entropy": loss.entropy,
-            "grad_norm": float(grad_norm),
-        }
-        return Rollout(frames, stats, episode_returns)
-
-    @torch.no_grad()
-    def _truncation_bootstrap(
-        self, info: dict, truncated: np.ndarray, terminated: np.ndarray, state: LSTMState
-    ) -> torch.Tensor:
-        """A time limit is not a real end: fold gamma * V(final obs) into the last reward."""
-        bonus = torch.zeros(len(truncated))
-        final_obs = info.get("final_obs")
-        for i in np.flatnonzero(truncated & ~terminated):
-            if final_obs is None or final_obs[i] is None:
-                continue
-            obs = torch.as_tensor(np.asarray(final_obs[i], dtype=np.float32)).unsqueeze(0)
-            _, value, _ = self.model(obs, (state[0][i : i + 1], state[1][i : i + 1]))
-            bonus[i] = self.config.gamma * float(value)
-        return bonus
-
-    def _finished_games(self, info: dict) -> list[float]:
-        final = info.get("final_info")
-        if not final or "game_score" not in final:
-            return []
-        pairs = zip(final["game_score"], final["_game_score"], strict=True)
-        scores = [float(score) for score, ended in pairs if ended]
-        for score in scores:
+        self.metrics.env_frames.inc(result.frames)
+        for score in result.episode_returns:
             self.metrics.episodes.inc()
             self.metrics.episode_return.set(score)
-        return scores
+        return result
 
-    def send_gradient(self, rollout: Rollout) -> bool:
+    def send_gradient(self, rollout: RolloutResult) -> bool:
         t0 = time.perf_counter()
         if not math.isfinite(rollout.stats["grad_norm"]):
             log.error("dropping a non-finite gradient (version %d)", self.version)
