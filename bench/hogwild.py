@@ -2,10 +2,9 @@
 
 N processes share one model (`share_memory()`) and one Adam whose statistics live in shared
 memory too (the classic SharedAdam). Each process, per update: copies the shared weights into
-its local model, plays an n-step rollout at batch `num_envs` (1 by default) with the project's
-own ActorCritic, env stack and A3C loss, backpropagates, clips, points the shared model's
-gradients at its own and steps the shared Adam, lock-free. Only the wire differs from a worker:
-that is exactly what the distributed system is compared against.
+its local model, runs the worker's own rollout (common.rollout: n steps at batch `num_envs`, 1
+by default, the A3C loss, backward, clip), and steps the shared Adam on its gradients,
+lock-free. Only the wire differs from a worker: that is what the system is compared against.
 
     python -m bench.hogwild --seconds 30 --processes 2
 """
@@ -22,10 +21,10 @@ from typing import Any
 import torch
 
 from bench.measure import CpuWindow
-from common.a3c import a3c_loss, gae
 from common.config import Config, load_config
 from common.envs import env_spaces, frames_per_step, make_vector_env
 from common.model import ActorCritic
+from common.rollout import RolloutRunner
 
 PHASES = ("env", "forward", "backward", "sync")
 """sync: copy shared weights in, hand gradients over, step the shared Adam."""
@@ -67,14 +66,16 @@ def _train(
     counters: torch.Tensor,
     stop: Any,
 ) -> None:
-    """One Hogwild process: the worker's rollout and loss, the learner's Adam, shared memory
-    instead of a wire. `counters[rank]` accumulates agent steps and seconds per phase."""
+    """One Hogwild process: the worker's rollout (common.rollout, the same code), the learner's
+    Adam, shared memory instead of a wire. `counters[rank]` accumulates agent steps and seconds
+    per phase."""
     torch.set_num_threads(1)
     config = load_config(config_values)
-    torch.manual_seed(config.seed + rank)
+    seed = config.seed + 1000 * (rank + 1)
+    torch.manual_seed(seed)
     envs = make_vector_env(
         config.env,
-        config.seed + 1000 * (rank + 1),
+        seed,
         config.num_envs,
         config.train_sticky_actions,
         config.normalize_rewards,
@@ -85,73 +86,24 @@ def _train(
         param.grad = torch.zeros_like(param)
     # The classic trick: this process's view of the shared model takes its gradients from the
     # local model's .grad tensors (the attribute is per process; the parameters are shared).
+    # The runner zeroes them in place (set_to_none=False), so the link holds.
     for shared, local in zip(shared_model.parameters(), model.parameters(), strict=True):
         shared.grad = local.grad
     optimizer = shared_adam(shared_model, adam_state, config.lr)
-    obs, _ = envs.reset(seed=config.seed + rank)
-    obs_t = torch.as_tensor(obs)
-    h, c = model.initial_state(config.num_envs)
+    runner = RolloutRunner(model, envs, config, frames_per_step(config.env), seed)
     row = counters[rank]
     try:
         while not stop.is_set():
             t0 = time.perf_counter()
             model.load_state_dict(shared_model.state_dict())
-            sync = time.perf_counter() - t0
-            timers = {"env": 0.0, "forward": 0.0, "backward": 0.0}
-            h, c = h.detach(), c.detach()
-            logits_t, values_t, actions_t, rewards_t, dones_t = [], [], [], [], []
-            for _ in range(config.n_steps):
-                t0 = time.perf_counter()
-                logits, value, (h, c) = model(obs_t, (h, c))
-                action = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(-1)
-                t1 = time.perf_counter()
-                obs, reward, terminated, truncated, _ = envs.step(action.numpy())
-                t2 = time.perf_counter()
-                done = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-                logits_t.append(logits)
-                values_t.append(value)
-                actions_t.append(action)
-                rewards_t.append(torch.as_tensor(reward, dtype=torch.float32))
-                dones_t.append(done)
-                keep = (1.0 - done).unsqueeze(-1)
-                h, c = h * keep, c * keep
-                obs_t = torch.as_tensor(obs)
-                timers["forward"] += t1 - t0
-                timers["env"] += t2 - t1
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                _, bootstrap, _ = model(obs_t, (h, c))
-            advantages, returns = gae(
-                torch.stack(rewards_t),
-                torch.stack(values_t),
-                torch.stack(dones_t),
-                bootstrap,
-                config.gamma,
-                config.gae_lambda,
-            )
-            loss = a3c_loss(
-                torch.stack(logits_t),
-                torch.stack(actions_t),
-                torch.stack(values_t),
-                advantages,
-                returns,
-                config.value_coef,
-                config.entropy_coef,
-                config.normalize_advantages,
-            )
             t1 = time.perf_counter()
-            model.zero_grad(set_to_none=False)
-            loss.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            result = runner.run()
             t2 = time.perf_counter()
             optimizer.step()
-            t3 = time.perf_counter()
-            timers["forward"] += t1 - t0
-            timers["backward"] += t2 - t1
-            timers["sync"] = sync + (t3 - t2)
+            sync = (t1 - t0) + (time.perf_counter() - t2)
             row[0] += config.n_steps * config.num_envs
             for i, phase in enumerate(PHASES, start=1):
-                row[i] += timers[phase]
+                row[i] += sync if phase == "sync" else result.seconds[phase]
     finally:
         envs.close()
 

@@ -97,7 +97,8 @@ def measure_phase(
     apply_s = delta(after, before, "a3c_learner_apply_seconds_sum")
     sender_cores = sum(v for k, v in cpu.cores.items() if k != "learner")
     gradient_bytes = max(s["gradient_bytes"] for s in sent)
-    ack_bytes = max(s["ack_bytes"] for s in sent)
+    acks = sum(s["acks"] + s["rejected"] for s in sent)
+    ack_bytes = round(sum(s["ack_bytes_total"] for s in sent) / acks) if acks else 0
     return {
         "senders": senders,
         "sender_processes": len(active),
@@ -145,7 +146,7 @@ def run_ceiling(
         learner, port, metrics_port = start_learner(config, workdir)
         pool: SenderPool | None = None
         try:
-            target = Target("127.0.0.1", port, layout, n_params, frames)
+            target = Target("127.0.0.1", port, layout, n_params, frames, config.sync_interval)
             pool = SenderPool(sender_processes, target)
             phases = []
             plan = [(k, "float32") for k in sender_counts]
@@ -198,10 +199,11 @@ def _summarise(
             "env": config.env,
             "parameters": n_params,
             "max_inflight_per_sender": 1,
+            "sync_interval": config.sync_interval,
             "sender_processes": procs,
             "window_s": seconds,
             "learner_flags": "--max-staleness 1000000 --checkpoint-interval 3600, else defaults",
-            "ack": "carries the full float32 weights, as for a worker",
+            "ack": "carries the float32 weights when the sender asks (every sync_interval-th)",
         },
     }
 

@@ -84,7 +84,8 @@ def _headline(result: dict[str, Any]) -> list[str]:
             rows.append((
                 f"bytes_per_update ({dtype})",
                 _num(size["total"]),
-                f"gradient {size['gradient']:,} + ack with float32 weights {size['ack']:,}",
+                f"gradient {size['gradient']:,} + ack {size['ack']:,} "
+                "(mean; it carries the weights when asked)",
                 "bytes_per_update",
             ))  # fmt: skip
     for q in ("p50", "p99"):

@@ -50,6 +50,8 @@ class Target:
     layout: str
     n_params: int
     frames_per_update: int
+    sync_interval: int = 1
+    """Ask for weights with every this-many-th gradient, as a worker with this config does."""
 
 
 def _sender_process(index: int, target: Target, commands: Any, results: Any, stop: Any) -> None:
@@ -97,10 +99,12 @@ def _run_phase(
             assert client.sock is not None
             poller.register(client.sock, zmq.POLLIN)
             by_socket[client.sock] = i
-        stats = {"acks": 0, "rejected": 0, "gradient_bytes": 0, "ack_bytes": 0}
+        stats = {"acks": 0, "rejected": 0, "gradient_bytes": 0, "ack_bytes_total": 0}
+        since_weights = [0] * count
 
         def body(i: int) -> dict[str, Any]:
             return {
+                "want_weights": since_weights[i] >= target.sync_interval,
                 "model_version": versions[i],
                 "frames": target.frames_per_update,
                 "layout": layout,
@@ -110,6 +114,7 @@ def _run_phase(
             }
 
         def send(i: int) -> None:
+            since_weights[i] += 1
             if not clients[i].send("gradient", body(i), [(dtype, gradient)], timeout_ms=10_000):
                 raise RuntimeError(f"{names[i]}: the learner does not take gradients")
 
@@ -129,8 +134,10 @@ def _run_phase(
                 message = reply.message
                 if message.type == "ack":
                     stats["acks" if message.body.get("accepted") else "rejected"] += 1
-                    stats["ack_bytes"] = message.nbytes
-                    versions[i] = int(message.body["model_version"])
+                    stats["ack_bytes_total"] += message.nbytes
+                    if message.arrays:  # weights: a worker would load them here
+                        versions[i] = int(message.body["model_version"])
+                        since_weights[i] = 0
                     send(i)
                 elif message.type == "error":
                     raise RuntimeError(f"learner refused a gradient: {message.body}")

@@ -32,6 +32,7 @@ SYSTEM_FIELDS = (
     "num_envs",
     "n_steps",
     "grad_dtype",
+    "sync_interval",
     "max_inflight",
     "max_staleness",
     "lr",
