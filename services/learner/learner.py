@@ -31,6 +31,8 @@ from common.weights import decode_into, layout_digest, parameter_vector
 log = logging.getLogger("learner")
 
 POLL_MS = 100
+REJECT_LOGS_PER_MINUTE = 10
+"""A flood of bad messages is counted in full but logged sparingly (the log is no DoS vector)."""
 MAX_FRAMES_PER_GRADIENT = 10_000_000
 
 
@@ -41,6 +43,26 @@ class WorkerRecord:
     last_seq: int
     last_seen: float
     applied: int = 0
+
+
+class LogLimiter:
+    """At most `per_minute` log lines per key and minute; says how many it held back."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._windows: dict[str, tuple[float, int, int]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None to stay silent, else the number of lines suppressed since the last one."""
+        now = time.monotonic()
+        start, logged, held = self._windows.get(key, (now, 0, 0))
+        if now - start >= 60.0:
+            start, logged = now, 0
+        if logged < self.per_minute:
+            self._windows[key] = (start, logged + 1, 0)
+            return held
+        self._windows[key] = (start, logged, held + 1)
+        return None
 
 
 class Learner:
@@ -66,6 +88,7 @@ class Learner:
         self.frames = 0
         self.updates = 0
         self.workers: dict[bytes, WorkerRecord] = {}
+        self._log_limiter = LogLimiter(REJECT_LOGS_PER_MINUTE)
         self._weights: tuple[int, np.ndarray] | None = None
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
@@ -202,7 +225,10 @@ class Learner:
     def reject(self, identity: bytes, error: ProtocolError, message: Message | None = None) -> None:
         self.metrics.rejected.labels(reason=error.reason).inc()
         who = message.sender if message else identity.hex()
-        log.warning("rejected message from %s: %s", who[:64], error)
+        suppressed = self._log_limiter.allow(error.reason)
+        if suppressed is not None:
+            more = f" ({suppressed} more like it not logged)" if suppressed else ""
+            log.warning("rejected message from %s: %s%s", who[:64], error, more)
         body = {"reason": error.reason, "detail": error.detail, "model_version": self.version}
         if (
             message is not None
