@@ -47,7 +47,9 @@ def test_gradient_wire_dtypes_round_trip(model_with_grads, dtype, tolerance):
     wire, scale = gradient_vector(model_with_grads, dtype)
     out = torch.zeros(parameter_count(model_with_grads))
     decode_into(out, wire, dtype, scale)
-    np.testing.assert_allclose(out.numpy(), exact, rtol=tolerance, atol=tolerance * np.abs(exact).max())
+    np.testing.assert_allclose(
+        out.numpy(), exact, rtol=tolerance, atol=tolerance * np.abs(exact).max()
+    )
 
 
 def test_float16_scaling_keeps_tiny_gradients(model_with_grads):
