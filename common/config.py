@@ -80,6 +80,9 @@ class Config(BaseSettings):
     port: int = Field(5555, ge=1, le=65534)
     """Learner gradient port (ROUTER); weights are published on port + 1 (PUB)."""
     checkpoint_dir: Path = Path("checkpoints")
+    init_from: Path | None = None
+    """With no checkpoint in checkpoint_dir yet: start from this model file's weights (fresh
+    Adam). A checkpoint in checkpoint_dir always wins, so restarts resume, not restart."""
     checkpoint_interval: float = Field(60.0, gt=0.0)
     """Seconds between periodic checkpoints (one is also written on SIGTERM)."""
     keep_checkpoints: int = Field(3, ge=1)

@@ -14,12 +14,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import load_newest, save_checkpoint
+from common.checkpoint import MODEL_KEYS, load_checkpoint, load_newest, save_checkpoint
 from common.config import Config
 from common.envs import env_spaces
 from common.metrics import LOSS_STATS, Health, LearnerMetrics, learner_metrics
@@ -116,6 +117,9 @@ class Learner:
         state, problems = load_newest(self.config.checkpoint_dir)
         if problems:
             self.metrics.checkpoint_failures.inc(len(problems))
+        if state is None and self.config.init_from is not None:
+            self._warm_start(self.config.init_from)
+            return
         if state is None:
             log.info("no checkpoint in %s: starting fresh", self.config.checkpoint_dir)
             return
@@ -129,6 +133,21 @@ class Learner:
         self.version, self.frames = int(state["model_version"]), int(state["frames"])
         self.updates = int(state.get("updates", self.version))
         log.info("resumed from %s: version %d, %d frames", state["path"], self.version, self.frames)
+
+    def _warm_start(self, path: Path) -> None:
+        """Start from a model file (e.g. a shipped models/*.pt): its weights, version and frames
+        carry on; Adam's statistics start afresh (they rebuild within a few hundred updates)."""
+        try:
+            state = load_checkpoint(path, MODEL_KEYS)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--init-from {path}: {error}") from None
+        if state["layout"] != self.layout:
+            raise SystemExit(f"--init-from {path} is for another model than {self.config.env}")
+        self.model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        self.version = int(state.get("model_version", 0))
+        self.frames = int(state.get("frames", 0))
+        self.updates = self.version
+        log.info("warm start from %s: version %d, %d frames", path, self.version, self.frames)
 
     def checkpoint(self) -> None:
         state = {

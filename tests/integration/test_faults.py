@@ -62,3 +62,28 @@ def test_a_hung_worker_is_detected_and_rejoins_when_it_wakes(cluster):
         "its gradients to be applied again",
     )
     assert healthy.process.poll() is None
+
+
+def test_learner_warm_starts_from_a_model_file_once(cluster, tmp_path):
+    from common.checkpoint import atomic_save
+    from common.envs import env_spaces
+    from common.model import ActorCritic
+    from common.weights import layout_digest
+
+    model = ActorCritic(*env_spaces("CartPole-v1"))
+    shipped = tmp_path / "shipped.pt"
+    atomic_save(
+        shipped,
+        {
+            "model": {k: v.half() for k, v in model.state_dict().items()},
+            "layout": layout_digest(model),
+            "model_version": 500,
+            "frames": 9000,
+        },
+    )
+    learner = cluster.start("learner", None, "--init-from", str(shipped))
+    wait_for(lambda: learner.value("a3c_learner_model_version") == 500, 30, "the warm start")
+    assert "warm start from" in learner.log()
+    assert learner.terminate() == 0
+    again = cluster.start("learner", "learner-again", "--init-from", str(shipped))
+    wait_for(lambda: "resumed from" in again.log(), 30, "a resume, not a second warm start")
