@@ -207,6 +207,8 @@ class LocalCluster:
         last = (started, 0.0, 0.0)
         metrics: dict[str, float] = {}
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Started in the background by a non-interactive shell, SIGINT arrives ignored.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             while True:
                 time.sleep(min(config.progress_interval, 1.0))
@@ -236,6 +238,7 @@ class LocalCluster:
             print("\na3c run: interrupted; stopping cleanly", flush=True)
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            signal.signal(signal.SIGINT, previous_int)
             wall = time.monotonic() - started
             self.stop()
         return self._summarise(stopped_by, wall)

@@ -1,0 +1,40 @@
+"""The shipped Breakout model beats a random policy (about 1.7) by a wide margin under the
+standard evaluation protocol. Seeds are fixed, so the outcome is the same on every run."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+RANDOM_POLICY_SCORE = 1.7
+
+
+def test_shipped_breakout_model_beats_random_by_a_wide_margin(tmp_path):
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "evaluate",
+            "--checkpoint",
+            str(REPO / "models" / "breakout.pt"),
+            "--env",
+            "ALE/Breakout-v5",
+            "--episodes",
+            "5",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["protocol"]["sticky_actions"] == 0.25 and report["protocol"]["full_games"]
+    assert report["mean_score"] >= 3 * RANDOM_POLICY_SCORE, report["scores"]
