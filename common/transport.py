@@ -37,6 +37,14 @@ class Received:
         self.error = error
 
 
+def _decode(session: Session, frames: list, identity: bytes | None = None) -> Received:
+    """Decode or explain: a bad message becomes a Received with its error, never a raise."""
+    try:
+        return Received(identity, session.decode(frames), None)
+    except ProtocolError as error:
+        return Received(identity, None, error)
+
+
 class RouterServer:
     """Learner side: one reply per request, addressed by the peer's ZeroMQ identity."""
 
@@ -56,11 +64,7 @@ class RouterServer:
         if not self.poller.poll(timeout_ms):
             return None
         frames = self.sock.recv_multipart(copy=False)
-        identity = bytes(frames[0].buffer)
-        try:
-            return Received(identity, self.session.decode(frames[1:]), None)
-        except ProtocolError as error:
-            return Received(identity, None, error)
+        return _decode(self.session, frames[1:], identity=bytes(frames[0].buffer))
 
     def reply(
         self,
@@ -146,11 +150,7 @@ class DealerClient:
         assert self.sock is not None
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
-        frames = self.sock.recv_multipart(copy=False)
-        try:
-            return Received(None, self.session.decode(frames), None)
-        except ProtocolError as error:
-            return Received(None, None, error)
+        return _decode(self.session, self.sock.recv_multipart(copy=False))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -176,10 +176,7 @@ class Subscriber:
         frames = self.sock.recv_multipart(copy=False)
         while self.sock.poll(0, zmq.POLLIN):
             frames = self.sock.recv_multipart(copy=False)
-        try:
-            return Received(None, self.session.decode(frames), None)
-        except ProtocolError as error:
-            return Received(None, None, error)
+        return _decode(self.session, frames)
 
     def close(self) -> None:
         self.sock.close(linger=0)
