@@ -132,7 +132,13 @@ def _split(result: dict[str, Any]) -> list[str]:
         "CPU cores used in the system window: "
         + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
         + f"; whole machine {system['cpu']['machine_busy_cores']:.2f} of "
-        f"{result.get('machine', {}).get('cpus', '?')}.",
+        f"{result.get('machine', {}).get('cpus', '?')}."
+        + (
+            f" The evaluator played {system['evaluator_episodes']:.0f} games in the window "
+            f"(the last: {_num(system.get('evaluator_last_episode_frames'), 0)} frames)."
+            if system.get("evaluator_episodes") is not None
+            else ""
+        ),
     ]
     return lines
 

@@ -89,11 +89,14 @@ def _measure(
     workers = _workers(cluster)
     pids = {c.name: c.process.pid for c in cluster.children if c.process is not None}
     cpu = CpuWindow(pids)
+    evaluator_port = cluster.evaluator.metrics_port if evaluator else None
+    eval_before = scrape(evaluator_port) if evaluator_port else {}
     learner_before = scrape(cluster.learner.metrics_port)
     workers_before = [scrape(w.metrics_port) for w in workers]
     cpu.start()
     time.sleep(seconds)
     learner_after = scrape(cluster.learner.metrics_port)
+    eval_after = scrape(evaluator_port) if evaluator_port else {}
     workers_after = [scrape(w.metrics_port) for w in workers]
     cpu.stop()
     _check_alive(cluster)
@@ -126,6 +129,9 @@ def _measure(
         "rejected": round(rejected),
         "worker_time_split": split,
         "evaluator_cores": cores["cores"].get("evaluator"),
+        # Its CPU depends on how long the current policy's games last: say how many it played.
+        "evaluator_episodes": delta(eval_after, eval_before, "a3c_evaluator_episodes_total"),
+        "evaluator_last_episode_frames": eval_after.get("a3c_evaluator_episode_frames"),
         "configuration": {
             "what": "a3c run wiring: learner + workers"
             + (" + evaluator" if evaluator else " (no evaluator)")
