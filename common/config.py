@@ -109,7 +109,7 @@ class Config(BaseSettings):
     eval_window: int = Field(10, ge=1)
     """Score reported is the mean over the last this-many evaluation episodes."""
     eval_interval: float = Field(5.0, ge=0.0)
-    """Minimum seconds between the start of two evaluation episodes (leaves CPU to workers)."""
+    """Seconds of rest between the end of one evaluation game and the next (CPU for workers)."""
     eval_policy: EvalPolicy = "greedy"
     """greedy (argmax) or sample from the policy when evaluating."""
     eval_log: Path | None = None

@@ -48,7 +48,7 @@ class Evaluator:
         self.scores: deque[float] = deque(maxlen=config.eval_window)
         self.best_mean = float("-inf")
         self.episodes = 0
-        self._last_start = float("-inf")
+        self._last_end = float("-inf")
 
     def poll_weights(self, timeout_ms: int) -> None:
         received = self.subscriber.recv_newest(timeout_ms)
@@ -142,12 +142,14 @@ class Evaluator:
                 self.poll_weights(200 if self.version >= 0 else 1000)
                 if health is not None:
                     health.tick()
-                wait = self.config.eval_interval - (time.monotonic() - self._last_start)
+                # Counted from the end of the last game: long games of a good agent must not
+                # run back to back and take a core from the workers.
+                wait = self.config.eval_interval - (time.monotonic() - self._last_end)
                 if self.version < 0 or wait > 0:
                     stop.wait(min(max(wait, 0.0), 0.2))
                     continue
-                self._last_start = time.monotonic()
                 self.evaluate_once(stop)
+                self._last_end = time.monotonic()
         finally:
             self.subscriber.close()
             self.env.close()
