@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from bench.measure import CpuWindow, bucket_quantile, delta, scrape, window_buckets
+from bench.measure import CpuWindow, bucket_quantile, delta, window_buckets
 from bench.senders import SenderPool, Target
 from common.config import Config, load_config
 from common.envs import env_spaces, frames_per_step
+from common.metrics import scrape
 from common.model import ActorCritic, parameter_count
 from common.weights import layout_digest
 from services.local.launcher import Child, free_port

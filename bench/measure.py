@@ -11,32 +11,13 @@ import os
 import platform
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def scrape(port: int, timeout: float = 3.0) -> dict[str, float]:
-    """Every sample of a /metrics page keyed as Prometheus writes it: `name{a="x",b="y"}`,
-    labels sorted; unlabelled samples by bare name. Empty when the endpoint does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def delta(after: Mapping[str, float], before: Mapping[str, float], key: str) -> float:

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import CpuWindow, bucket_quantile, delta, scrape, window_buckets
+from bench.measure import CpuWindow, bucket_quantile, delta, window_buckets
 from common.config import Config, load_config
 from common.envs import frames_per_step
+from common.metrics import scrape
 from services.local.launcher import Child, LocalCluster
 
 START_TIMEOUT_S = 180.0

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.parser import text_string_to_metric_families
 
 REJECT_REASONS = (
     "decode",
@@ -263,3 +265,24 @@ def serve_metrics(
     if port == 0:
         return None
     return MetricsServer(registry, health, host, port)
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Every sample of a /metrics page keyed as Prometheus writes it: `name{a="x",b="y"}`
+    with labels sorted; unlabelled samples by bare name."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def scrape(port: int, timeout: float = 3.0) -> dict[str, float]:
+    """The samples of a local service's /metrics; empty when the endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return parse_samples(text)

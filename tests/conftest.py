@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from common.metrics import scrape
 from services.local.launcher import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,18 +35,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def metrics(port: int) -> dict[str, float]:
-    """Every sample of a /metrics page keyed by name plus labels, e.g. 'x_total{reason="a"}'."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    """Every sample keyed by name plus labels, e.g. 'x_total{reason="a"}'."""
+    return scrape(port)
 
 
 def http_status(port: int, path: str) -> int:

@@ -18,15 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from common.checkpoint import load_newest
 from common.config import Config
+from common.metrics import scrape
 
 STOP_TIMEOUT_S = 20.0
 MAX_RESTARTS = 5
@@ -94,21 +92,6 @@ class Child:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Sample values of a service's /metrics, keyed by sample name (labels dropped)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if not sample.labels:
-                values[sample.name] = sample.value
-    return values
 
 
 def read_eval(path: Path) -> list[dict[str, Any]]:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+
+from common.metrics import parse_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / "build" / "compose"
@@ -177,12 +178,7 @@ class Stack:
             "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())",
             timeout=60,
         )
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return parse_samples(text)
 
 
 @pytest.fixture(scope="module")
