@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,28 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class WireSetting:
+    """What a sender puts on the wire: gradient dtype, and how often it asks for weights."""
+
+    dtype: str
+    sync_interval: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dtype}, weights every {self.sync_interval} ack(s)"
+
+
 def measure_phase(
     pool: SenderPool,
     learner: Child,
     metrics_port: int,
     senders: int,
-    dtype: str,
+    wire: WireSetting,
     warmup: float,
     seconds: float,
 ) -> dict[str, Any]:
-    active = pool.start_phase(senders, dtype)
+    active = pool.start_phase(senders, wire.dtype, wire.sync_interval)
     try:
         time.sleep(warmup)
         assert learner.process is not None
@@ -103,7 +116,8 @@ def measure_phase(
     return {
         "senders": senders,
         "sender_processes": len(active),
-        "wire_dtype": dtype,
+        "wire_dtype": wire.dtype,
+        "sync_interval": wire.sync_interval,
         "updates_per_s": round(updates / cpu.wall_s, 1),
         "learner_cores": round(cpu.cores["learner"], 3),
         # What one learner core would do if the machine were its own (shared machines).
@@ -121,25 +135,37 @@ def measure_phase(
     }
 
 
+def default_variants(config: Config) -> tuple[WireSetting, ...]:
+    """Besides the default wire: the other gradient dtype with weights in every ack, and the
+    default dtype with weights in every 4th ack (what `--sync-interval 4` buys)."""
+    other = "float32" if config.grad_dtype != "float32" else "float16"
+    variants = (WireSetting(other, 1), WireSetting(config.grad_dtype, 4))
+    default = WireSetting(config.grad_dtype, config.sync_interval)
+    return tuple(v for v in variants if v != default)
+
+
 def run_ceiling(
     config: Config,
     sender_counts: tuple[int, ...] = SENDER_COUNTS,
     seconds: float = 5.0,
     warmup: float = 1.5,
     sender_processes: int = 2,
-    float16_counts: tuple[int, ...] | None = None,
+    variant_counts: tuple[int, ...] | None = None,
+    variants: tuple[WireSetting, ...] | None = None,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
-    """Updates/s of one learner for each sender count (float32 wire, the default), then the
-    same for float16 at `float16_counts` (default: the smallest and largest count)."""
+    """Updates/s of one learner for each sender count with the configured wire (the sweep),
+    then each variant wire at `variant_counts` (default: the smallest and largest count)."""
     torch.set_num_threads(1)
     obs_shape, n_actions = env_spaces(config.env)
     model = ActorCritic(obs_shape, n_actions)
     layout, n_params = layout_digest(model), parameter_count(model)
     frames = config.n_steps * config.num_envs * frames_per_step(config.env)
-    float16_counts = (
-        float16_counts
-        if float16_counts is not None
+    default = WireSetting(config.grad_dtype, config.sync_interval)
+    variants = default_variants(config) if variants is None else variants
+    variant_counts = (
+        variant_counts
+        if variant_counts is not None
         else tuple(sorted({min(sender_counts), max(sender_counts)}))
     )
     with tempfile.TemporaryDirectory(prefix="a3c-bench-learner-") as tmp:
@@ -147,16 +173,16 @@ def run_ceiling(
         learner, port, metrics_port = start_learner(config, workdir)
         pool: SenderPool | None = None
         try:
-            target = Target("127.0.0.1", port, layout, n_params, frames, config.sync_interval)
+            target = Target("127.0.0.1", port, layout, n_params, frames)
             pool = SenderPool(sender_processes, target)
             phases = []
-            plan = [(k, "float32") for k in sender_counts]
-            plan += [(k, "float16") for k in float16_counts]
-            for senders, dtype in plan:
-                phase = measure_phase(pool, learner, metrics_port, senders, dtype, warmup, seconds)
+            plan = [(k, default) for k in sender_counts]
+            plan += [(k, wire) for wire in variants for k in variant_counts]
+            for senders, wire in plan:
+                phase = measure_phase(pool, learner, metrics_port, senders, wire, warmup, seconds)
                 phases.append(phase)
                 print(
-                    f"  learner ceiling: {senders:3d} senders, {dtype}: "
+                    f"  learner ceiling: {senders:3d} senders, {wire.name}: "
                     f"{phase['updates_per_s']:7.1f} updates/s "
                     f"(learner {phase['learner_cores']:.2f} cores, "
                     f"senders {phase['sender_cores']:.2f})",
@@ -167,40 +193,54 @@ def run_ceiling(
             if pool is not None:
                 pool.close()
             learner.stop()
-    return _summarise(config, phases, n_params, seconds, sender_processes)
+    return _summarise(config, default, phases, n_params, seconds, sender_processes)
 
 
 def _summarise(
-    config: Config, phases: list[dict[str, Any]], n_params: int, seconds: float, procs: int
+    config: Config,
+    default: WireSetting,
+    phases: list[dict[str, Any]],
+    n_params: int,
+    seconds: float,
+    procs: int,
 ) -> dict[str, Any]:
-    by_dtype: dict[str, list[dict[str, Any]]] = {}
+    by_wire: dict[WireSetting, list[dict[str, Any]]] = {}
     for phase in phases:
-        by_dtype.setdefault(phase["wire_dtype"], []).append(phase)
-    best = {dtype: max(p["updates_per_s"] for p in items) for dtype, items in by_dtype.items()}
-    per_cpu = {
-        dtype: max(p["updates_per_learner_cpu_s"] or 0.0 for p in items)
-        for dtype, items in by_dtype.items()
-    }
-    bytes_per_update = {
-        dtype: {
-            "gradient": items[0]["gradient_bytes"],
-            "ack": items[0]["ack_bytes"],
-            "total": items[0]["gradient_bytes"] + items[0]["ack_bytes"],
-        }
-        for dtype, items in by_dtype.items()
-    }
+        by_wire.setdefault(WireSetting(phase["wire_dtype"], phase["sync_interval"]), []).append(
+            phase
+        )
+    wires = []
+    for wire, items in by_wire.items():
+        wires.append({
+            "wire_dtype": wire.dtype,
+            "sync_interval": wire.sync_interval,
+            "default": wire == default,
+            "max_updates_per_s": max(p["updates_per_s"] for p in items),
+            "max_updates_per_learner_cpu_s": max(
+                p["updates_per_learner_cpu_s"] or 0.0 for p in items
+            ),
+            "bytes_per_update": {
+                "gradient": items[0]["gradient_bytes"],
+                "ack": items[0]["ack_bytes"],
+                "total": items[0]["gradient_bytes"] + items[0]["ack_bytes"],
+            },
+        })  # fmt: skip
+    best_phase = max(phases, key=lambda p: p["updates_per_s"])
+    every_ack = {w["wire_dtype"]: w for w in wires if w["sync_interval"] == 1}
     return {
-        "max_updates_per_s": best.get("float32", 0.0),
-        "max_updates_per_s_by_dtype": best,
-        "max_updates_per_learner_cpu_s_by_dtype": per_cpu,
-        "bytes_per_update": bytes_per_update,
+        "max_updates_per_s": best_phase["updates_per_s"],
+        "max_at": {k: best_phase[k] for k in ("senders", "wire_dtype", "sync_interval")},
+        "default_wire_max_updates_per_s": max(p["updates_per_s"] for p in by_wire[default]),
+        "by_wire": wires,
+        # The issue's bytes_per_update (float32 and float16): every ack carries the weights.
+        "bytes_per_update": {dtype: w["bytes_per_update"] for dtype, w in every_ack.items()},
         "scaling": phases,
         "configuration": {
             "what": "one learner process fed by synthetic senders over loopback TCP, no envs",
             "env": config.env,
             "parameters": n_params,
             "max_inflight_per_sender": 1,
-            "sync_interval": config.sync_interval,
+            "default_wire": {"wire_dtype": default.dtype, "sync_interval": default.sync_interval},
             "sender_processes": procs,
             "window_s": seconds,
             "learner_flags": "--max-staleness 1000000 --checkpoint-interval 3600, else defaults",
@@ -213,15 +253,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument("--senders", default=",".join(map(str, SENDER_COUNTS)))
-    parser.add_argument("--float16-senders", default=None, help="default: min and max of --senders")
+    parser.add_argument(
+        "--variant-senders",
+        default=None,
+        help="sender counts for the variant wires (default: min and max of --senders)",
+    )
     parser.add_argument("--sender-processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.5)
     args = parser.parse_args(argv)
     counts = tuple(int(k) for k in args.senders.split(","))
-    f16 = tuple(int(k) for k in args.float16_senders.split(",")) if args.float16_senders else None
+    variant_counts = (
+        tuple(int(k) for k in args.variant_senders.split(",")) if args.variant_senders else None
+    )
     config = load_config({"env": args.env})
-    result = run_ceiling(config, counts, args.seconds, args.warmup, args.sender_processes, f16)
+    result = run_ceiling(
+        config, counts, args.seconds, args.warmup, args.sender_processes, variant_counts
+    )
     json.dump(result, sys.stdout, indent=2)
     print()
 

@@ -70,22 +70,27 @@ def _headline(result: dict[str, Any]) -> list[str]:
             "ratio_vs_hogwild",
         ))  # fmt: skip
     if "learner_max_updates_per_s" in figures:
-        cfg = details["learner_ceiling"]["configuration"]
-        best = details["learner_ceiling"]["max_updates_per_s_by_dtype"]
+        ceiling = details["learner_ceiling"]
+        at = ceiling["max_at"]
+        others = "; ".join(
+            f"{w['wire_dtype']} weights every {w['sync_interval']}: {_num(w['max_updates_per_s'])}"
+            + (" (default)" if w["default"] else "")
+            for w in ceiling["by_wire"]
+        )
         rows.append((
             "learner_max_updates_per_s",
             _num(result["learner_max_updates_per_s"]),
-            f"learner alone, synthetic senders (best of the sweep), float32 wire; float16: "
-            f"{_num(best.get('float16'))}; per learner CPU-second: "
-            f"{_num(result.get('learner_updates_per_cpu_s'))}; {cfg['parameters']:,} params",
+            f"learner alone, synthetic senders, best phase: {at['senders']} senders, "
+            f"{at['wire_dtype']} gradients, weights in every {at['sync_interval']} ack(s). "
+            f"Best by wire: {others}; {ceiling['configuration']['parameters']:,} params",
             "learner_max_updates_per_s",
         ))  # fmt: skip
-        for dtype, size in details["learner_ceiling"]["bytes_per_update"].items():
+        for dtype, size in ceiling["bytes_per_update"].items():
             rows.append((
                 f"bytes_per_update ({dtype})",
                 _num(size["total"]),
                 f"gradient {size['gradient']:,} + ack {size['ack']:,} "
-                "(mean; it carries the weights when asked)",
+                "(weights in every ack)",
                 "bytes_per_update",
             ))  # fmt: skip
     for q in ("p50", "p99"):
@@ -151,13 +156,15 @@ def _scaling(result: dict[str, Any]) -> list[str]:
         "",
         "Learner ceiling by number of synthetic senders (each: 1 gradient in flight, as a worker):",
         "",
-        "| senders | wire | updates/s | learner cores | updates per learner CPU-s | sender cores "
-        "| apply ms | staleness p50/p99 | load 1m | busy cores |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| senders | gradient wire | weights every k-th ack | updates/s | learner cores "
+        "| updates per learner CPU-s | sender cores | apply ms | staleness p50/p99 | load 1m "
+        "| busy cores |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for p in phases:
         lines.append(
-            f"| {p['senders']} | {p['wire_dtype']} | {_num(p['updates_per_s'])} | "
+            f"| {p['senders']} | {p['wire_dtype']} | {p.get('sync_interval', 1)} | "
+            f"{_num(p['updates_per_s'])} | "
             f"{p['learner_cores']:.2f} | {_num(p['updates_per_learner_cpu_s'])} | "
             f"{p['sender_cores']:.2f} | {_num(p['apply_ms_mean'], 2)} | "
             f"{_num(p['staleness_p50'], 0)}/{_num(p['staleness_p99'], 0)} | "

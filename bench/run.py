@@ -58,7 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float)
     parser.add_argument("--ceiling-warmup", type=float)
     parser.add_argument("--senders", help="comma-separated sender counts for the ceiling")
-    parser.add_argument("--float16-senders", help="sender counts measured with float16 too")
+    parser.add_argument(
+        "--variant-senders",
+        help="sender counts for the variant wires (other dtype; weights "
+        "every 4th ack); default: min and max of --senders",
+    )
     parser.add_argument("--sender-processes", type=int, default=2)
     parser.add_argument("--no-bracket", action="store_true", help="one Hogwild run, not two")
     parser.add_argument(
@@ -125,8 +129,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         )
     if "ceiling" in wanted:
         counts = tuple(int(k) for k in args.senders.split(","))
-        f16 = (
-            tuple(int(k) for k in args.float16_senders.split(",")) if args.float16_senders else None
+        variant_counts = (
+            tuple(int(k) for k in args.variant_senders.split(",")) if args.variant_senders else None
         )
         details["learner_ceiling"] = attempt(
             "learner ceiling",
@@ -136,7 +140,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 args.ceiling_seconds,
                 args.ceiling_warmup,
                 args.sender_processes,
-                f16,
+                variant_counts,
             ),
         )
     return summarise(args, details, errors)
@@ -212,9 +216,12 @@ def summarise(
             ratio_vs_hogwild=round(ratio, 3) if ratio else None,
         )
     if ceiling:
+        at = ceiling["max_at"]
         result["learner_max_updates_per_s"] = ceiling["max_updates_per_s"]
-        result["learner_updates_per_cpu_s"] = ceiling["max_updates_per_learner_cpu_s_by_dtype"].get(
-            "float32"
+        result["learner_max_updates_per_s_at"] = at
+        result["learner_default_wire_max_updates_per_s"] = ceiling["default_wire_max_updates_per_s"]
+        result["learner_updates_per_cpu_s"] = max(
+            w["max_updates_per_learner_cpu_s"] for w in ceiling["by_wire"]
         )
         result["bytes_per_update"] = {
             dtype: sizes["total"] for dtype, sizes in ceiling["bytes_per_update"].items()
@@ -223,7 +230,7 @@ def summarise(
             {
                 key: phase[key]
                 for key in (
-                    "senders", "wire_dtype", "updates_per_s", "learner_cores",
+                    "senders", "wire_dtype", "sync_interval", "updates_per_s", "learner_cores",
                     "updates_per_learner_cpu_s", "sender_cores",
                     "apply_ms_mean", "staleness_p50", "staleness_p99",
                 )
@@ -234,7 +241,12 @@ def summarise(
         ]  # fmt: skip
         cpus = [phase["cpu"] for phase in ceiling["scaling"]]
         figures["learner_max_updates_per_s"] = _figure(
-            ceiling["max_updates_per_s"], "updates/s (float32 wire)", ceiling["configuration"], cpus
+            ceiling["max_updates_per_s"],
+            f"updates/s ({at['senders']} senders, {at['wire_dtype']} gradients, weights in "
+            f"every {at['sync_interval']} ack(s))",
+            ceiling["configuration"],
+            cpus,
+            by_wire=ceiling["by_wire"],
         )
         figures["bytes_per_update"] = _figure(
             ceiling["bytes_per_update"], "bytes (gradient message + ack with weights)",

@@ -50,24 +50,23 @@ class Target:
     layout: str
     n_params: int
     frames_per_update: int
-    sync_interval: int = 1
-    """Ask for weights with every this-many-th gradient, as a worker with this config does."""
 
 
 def _sender_process(index: int, target: Target, commands: Any, results: Any, stop: Any) -> None:
-    """Runs phases on command: ("run", count, dtype, phase) connects `count` senders, says
-    hello, reports ready, pushes gradients until `stop`, then reports its counts; None exits."""
+    """Runs phases on command: ("run", count, dtype, sync_interval, phase) connects `count`
+    senders, says hello, reports ready, pushes gradients until `stop`, then reports its
+    counts; None exits."""
     torch.set_num_threads(1)
     wires = _wire_gradients(target.n_params, seed=index)
     while True:
         command = commands.get()
         if command is None:
             return
-        _, count, dtype, phase = command
+        _, count, dtype, sync_interval, phase = command
         try:
             names = [f"bench-sender-{phase}-{index}-{i}" for i in range(count)]
             ready = functools.partial(results.put, ("ready", index, None))
-            stats = _run_phase(target, names, dtype, wires[dtype], ready, stop)
+            stats = _run_phase(target, names, dtype, sync_interval, wires[dtype], ready, stop)
             results.put(("done", index, stats))
         except Exception as error:  # reported to the parent, which fails the benchmark
             results.put(("error", index, f"{type(error).__name__}: {error}"))
@@ -77,6 +76,7 @@ def _run_phase(
     target: Target,
     names: list[str],
     dtype: str,
+    sync_interval: int,
     wire: tuple[np.ndarray, float],
     ready: Callable[[], None],
     stop: Any,
@@ -104,7 +104,7 @@ def _run_phase(
 
         def body(i: int) -> dict[str, Any]:
             return {
-                "want_weights": since_weights[i] >= target.sync_interval,
+                "want_weights": since_weights[i] >= sync_interval,
                 "model_version": versions[i],
                 "frames": target.frames_per_update,
                 "layout": layout,
@@ -170,15 +170,16 @@ class SenderPool:
             proc.start()
         self.phase = 0
 
-    def start_phase(self, senders: int, dtype: str) -> list[int]:
-        """Spread `senders` over the processes; returns the indices of those taking part."""
+    def start_phase(self, senders: int, dtype: str, sync_interval: int) -> list[int]:
+        """Spread `senders` over the processes; returns the indices of those taking part.
+        Each sender asks for weights with every `sync_interval`-th gradient, as a worker does."""
         self.phase += 1
         self.stop.clear()
         n = len(self.procs)
         share = [senders // n + (i < senders % n) for i in range(n)]
         active = [i for i, n in enumerate(share) if n > 0]
         for i in active:
-            self.commands[i].put(("run", share[i], dtype, self.phase))
+            self.commands[i].put(("run", share[i], dtype, sync_interval, self.phase))
         self._collect("ready", active, READY_TIMEOUT_S)
         return active
 

@@ -63,8 +63,10 @@ class Config(BaseSettings):
     normalize_rewards: bool = True
     """Vector envs: divide training rewards by a running std of the discounted return (keeps
     the critic's targets near unit scale). Atari rewards are clipped to [-1, 1] instead."""
-    grad_dtype: GradDtype = "float32"
-    """Gradient precision on the wire; float16 is loss-scaled per message to avoid underflow."""
+    grad_dtype: GradDtype = "float16"
+    """Gradient precision on the wire. float16 (loss-scaled per message, so small gradients do
+    not flush to zero) halves the bytes of float32 (1.18 vs 2.35 MB for Breakout's model) and
+    raises the learner's ceiling; the learner's weights and Adam stay float32."""
     sync_interval: int = Field(1, ge=1, le=1000)
     """A worker asks for fresh weights with every sync_interval-th gradient. 1 is the classic
     A3C (every rollout starts from the global model); more saves learner bandwidth (a 2.35 MB

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import threading
@@ -15,6 +17,33 @@ from common.logs import setup_logging
 from common.metrics import Health, MetricsServer, serve_metrics
 
 log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 << 20
+"""glibc's largest allowed value: a 2.35 MB weight or gradient buffer comes from the heap."""
+TRIM_THRESHOLD_BYTES = 256 << 20
+"""Freed heap is kept up to this much instead of going back to the OS after every message."""
+
+
+def tune_allocator() -> bool:
+    """Stop glibc from mmap-ing and unmapping every multi-MB buffer.
+
+    Each weight snapshot, gradient and received message is a fresh 1-3 MB array. glibc serves
+    those with mmap and returns them with munmap (or trims the heap top), so every message
+    pays page faults on fresh memory: the learner's weight snapshot took 0.77 ms in a profile
+    of a loaded learner and 0.21 ms with these two settings. Steady-state memory is unchanged
+    (freed buffers are reused, not leaked; `make soak` watches RSS). A no-op off glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
 
 
 @dataclass
@@ -35,6 +64,8 @@ def start_service(
     setup_logging(name, instance, config.log_level, config.log_format)
     # Processes, not threads, scale: intra-op threads in N processes on few cores only fight.
     torch.set_num_threads(1)
+    if not tune_allocator():
+        log.debug("allocator tuning unavailable (not glibc); large buffers stay mmap-ed")
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

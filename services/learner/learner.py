@@ -27,7 +27,7 @@ from common.metrics import LOSS_STATS, Health, LearnerMetrics, learner_metrics
 from common.model import ActorCritic, parameter_count
 from common.protocol import Message, ProtocolError, Session
 from common.transport import Publisher, Received, RouterServer
-from common.weights import decode_into, layout_digest, parameter_vector
+from common.weights import FlatParameters, decode_into, layout_digest
 
 log = logging.getLogger("learner")
 
@@ -72,19 +72,17 @@ class Learner:
         self.metrics = metrics or learner_metrics()
         obs_shape, n_actions = env_spaces(config.env)
         self.model = ActorCritic(obs_shape, n_actions)
-        # Fused Adam: one kernel over all parameters, ~3.5x faster than the per-tensor loop on
-        # CPU (0.5 ms vs 1.8 ms for 0.59M parameters), which bounds the learner's ceiling.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
         self.layout = layout_digest(self.model)
         self.n_params = parameter_count(self.model)
-        # Gradients arrive into one flat buffer that every parameter's .grad is a view of:
-        # decoding a message writes the gradients in place, with no per-tensor copies.
-        self._grad_flat = torch.zeros(self.n_params)
+        # Parameters and gradients live in one flat buffer each (the model's tensors are views):
+        # a decoded gradient lands where every .grad points, a weight snapshot is one memcpy,
+        # and fused Adam steps a single tensor (0.38 ms for 0.59M parameters vs 1.8 ms for the
+        # per-tensor loop), which bounds the learner's ceiling.
+        self.flat = FlatParameters(self.model)
+        self.optimizer = torch.optim.Adam([self.flat.values], lr=config.lr, fused=True)
+        assert self.flat.values.grad is not None
+        self._grad_flat = self.flat.values.grad
         self._grad_np = self._grad_flat.numpy()
-        offset = 0
-        for param in self.model.parameters():
-            param.grad = self._grad_flat[offset : offset + param.numel()].view_as(param)
-            offset += param.numel()
         self.version = 0
         self.frames = 0
         self.updates = 0
@@ -129,7 +127,7 @@ class Learner:
                 f"this env {self.config.env} needs {self.layout}); use another --checkpoint-dir"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self.flat.per_parameter_optimizer_state(state["optimizer"]))
         self.version, self.frames = int(state["model_version"]), int(state["frames"])
         self.updates = int(state.get("updates", self.version))
         log.info("resumed from %s: version %d, %d frames", state["path"], self.version, self.frames)
@@ -172,7 +170,7 @@ class Learner:
         """A snapshot of the current parameters, taken once per version and never mutated,
         so zero-copy sends stay valid while the model moves on."""
         if self._weights is None or self._weights[0] != self.version:
-            self._weights = (self.version, parameter_vector(self.model))
+            self._weights = (self.version, self.flat.snapshot())
         return self._weights[1]
 
     def _weights_body(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def test_every_benchmark_runs_briefly_and_writes_its_figures(tmp_path):
         "--hogwild-seconds", "1.5", "--hogwild-warmup", "0.5",
         "--system-seconds", "2", "--system-warmup", "0.5",
         "--ceiling-seconds", "1", "--ceiling-warmup", "0.5",
-        "--senders", "1,2", "--float16-senders", "1", "--sender-processes", "1",
+        "--senders", "1,2", "--variant-senders", "1", "--sender-processes", "1",
         "--out-dir", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
@@ -38,15 +38,21 @@ def test_every_benchmark_runs_briefly_and_writes_its_figures(tmp_path):
     assert result["bytes_per_update"]["float16"] < result["bytes_per_update"]["float32"]
     assert 0 <= result["staleness_p50"] <= result["staleness_p99"]
     assert set(result["worker_time_split"]) == {"env", "forward", "backward", "wire", "other"}
-    assert [(p["senders"], p["wire_dtype"]) for p in result["learner_scaling"]] == [
-        (1, "float32"), (2, "float32"), (1, "float16"),
+    # The sweep at the default wire, then the variants: the other dtype, and weights every 4th.
+    phases = [
+        (p["senders"], p["wire_dtype"], p["sync_interval"]) for p in result["learner_scaling"]
+    ]
+    assert phases == [
+        (1, "float16", 1), (2, "float16", 1), (1, "float32", 1), (1, "float16", 4),
     ]  # fmt: skip
+    assert result["learner_max_updates_per_s_at"]["wire_dtype"] in ("float16", "float32")
+    assert result["learner_default_wire_max_updates_per_s"] > 0
     for name, figure in result["figures"].items():
         assert figure["configuration"], name
         assert figure["loadavg_1m"] and figure["machine_busy_cores"], name
     assert result["details"]["system"]["configuration"]["evaluator"] is True
     table = (tmp_path / "results.md").read_text()
-    assert "| system_frames_per_s |" in table and "| 2 | float32 |" in table
+    assert "| system_frames_per_s |" in table and "| 2 | float16 | 1 |" in table
 
 
 def test_quantiles_come_from_the_window_only():

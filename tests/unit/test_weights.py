@@ -6,6 +6,7 @@ import torch
 
 from common.model import ActorCritic, parameter_count
 from common.weights import (
+    FlatParameters,
     decode_into,
     gradient_vector,
     layout_digest,
@@ -68,3 +69,41 @@ def test_layout_digest_tells_models_apart():
     assert layout_digest(ActorCritic((4,), 2)) == layout_digest(ActorCritic((4,), 2))
     assert layout_digest(ActorCritic((4,), 2)) != layout_digest(ActorCritic((4,), 3))
     assert layout_digest(ActorCritic((1, 42, 42), 4)) != layout_digest(ActorCritic((1, 42, 42), 6))
+
+
+def test_flat_parameters_are_the_models_parameters_and_gradients():
+    model = ActorCritic((4,), 2)
+    before = parameter_vector(model).copy()
+    flat = FlatParameters(model)
+    np.testing.assert_array_equal(flat.snapshot(), before)
+    optimizer = torch.optim.Adam([flat.values], lr=0.1)
+    flat.values.grad.fill_(1.0)
+    first = next(model.parameters())
+    assert torch.equal(first.grad, torch.ones_like(first))
+    snapshot = flat.snapshot()
+    optimizer.step()
+    # The step moved every model parameter; the snapshot taken before it did not move.
+    np.testing.assert_allclose(parameter_vector(model), before - 0.1, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(snapshot, before)
+    # load_state_dict writes through the views into the flat buffer.
+    model.load_state_dict(ActorCritic((4,), 2).state_dict())
+    np.testing.assert_array_equal(flat.snapshot(), parameter_vector(model))
+
+
+def test_flat_parameters_take_an_older_per_parameter_optimizer_state():
+    torch.manual_seed(0)
+    old_model = ActorCritic((4,), 2)
+    old_optimizer = torch.optim.Adam(old_model.parameters(), lr=0.1)
+    for param in old_model.parameters():
+        param.grad = torch.randn_like(param)
+    old_optimizer.step()
+    model = ActorCritic((4,), 2)
+    flat = FlatParameters(model)
+    optimizer = torch.optim.Adam([flat.values], lr=0.1)
+    optimizer.load_state_dict(flat.per_parameter_optimizer_state(old_optimizer.state_dict()))
+    merged = optimizer.state_dict()["state"][0]
+    expected = torch.cat(
+        [old_optimizer.state[p]["exp_avg"].reshape(-1) for p in old_model.parameters()]
+    )
+    assert torch.equal(merged["exp_avg"], expected)
+    assert float(merged["step"]) == 1.0
