@@ -128,6 +128,11 @@ class Learner:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(self.flat.per_parameter_optimizer_state(state["optimizer"]))
+        for group in self.optimizer.param_groups:
+            # The saved state carries the old run's lr; this run's --lr is what the user asked.
+            if group["lr"] != self.config.lr:
+                log.info("checkpoint lr %g replaced by --lr %g", group["lr"], self.config.lr)
+                group["lr"] = self.config.lr
         self.version, self.frames = int(state["model_version"]), int(state["frames"])
         self.updates = int(state.get("updates", self.version))
         log.info("resumed from %s: version %d, %d frames", state["path"], self.version, self.frames)
