@@ -189,6 +189,7 @@ class LocalCluster:
         stopped_by = "interrupt"
         last = (started, 0.0, 0.0)
         metrics: dict[str, float] = {}
+        frames = 0.0
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         # Started in the background by a non-interactive shell, SIGINT arrives ignored.
         previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -224,7 +225,7 @@ class LocalCluster:
             signal.signal(signal.SIGINT, previous_int)
             wall = time.monotonic() - started
             self.stop()
-        return self._summarise(stopped_by, wall)
+        return self._summarise(stopped_by, wall, frames)
 
     def _print_progress(
         self,
@@ -278,15 +279,18 @@ class LocalCluster:
         if code not in (0, None):
             print(f"a3c run: learner exited with {code}:\n{self.learner.log_tail()}", flush=True)
 
-    def _summarise(self, stopped_by: str, wall: float) -> dict[str, Any]:
+    def _summarise(self, stopped_by: str, wall: float, run_frames: float) -> dict[str, Any]:
+        """`frames` and `updates` are the model's totals (a warm start or resume carries them
+        on); `frames_this_run` and `frames_per_s` count this run only."""
         state, _ = load_newest(self.run_dir / "checkpoints")
         frames = int(state["frames"]) if state else 0
         summary = {
             "env": self.config.env,
             "frames": frames,
+            "frames_this_run": int(run_frames),
             "updates": int(state.get("updates", 0)) if state else 0,
             "wall_s": round(wall, 2),
-            "frames_per_s": round(frames / wall, 1) if wall > 0 else 0.0,
+            "frames_per_s": round(run_frames / wall, 1) if wall > 0 else 0.0,
             "model_version": int(state["model_version"]) if state else 0,
             "workers": self.config.workers,
             "stopped_by": stopped_by,
@@ -297,8 +301,9 @@ class LocalCluster:
         evals = summary["eval"]
         mean = "-" if evals["mean_score"] is None else f"{evals['mean_score']:.1f}"
         print(
-            f"a3c run: stopped by {stopped_by} after {wall:.0f}s: {frames:,} frames "
-            f"({summary['frames_per_s']:,.0f}/s), version {summary['model_version']:,}, "
+            f"a3c run: stopped by {stopped_by} after {wall:.0f}s: {int(run_frames):,} frames "
+            f"({summary['frames_per_s']:,.0f}/s; model total {frames:,}), "
+            f"version {summary['model_version']:,}, "
             f"eval mean {mean} over {len(evals['last_scores'])} games; "
             f"summary in {self.run_dir / 'summary.json'}",
             flush=True,
