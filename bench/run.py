@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument("--workers", type=int, default=2, help="system workers = Hogwild processes")
-    parser.add_argument("--num-envs", type=int, default=1, help="envs per system worker")
+    parser.add_argument(
+        "--num-envs", type=int, help="envs per system worker (default: the config's default)"
+    )
     parser.add_argument(
         "--hogwild-num-envs", type=int, default=1, help="Hogwild batch (classic: 1)"
     )
@@ -84,7 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the selected benchmarks; a failing one is recorded, the others still run."""
     torch.set_num_threads(1)
-    config = load_config({"env": args.env, "workers": args.workers, "num_envs": args.num_envs})
+    config = load_config(
+        {"env": args.env, "workers": args.workers}
+        | ({"num_envs": args.num_envs} if args.num_envs else {})
+    )
     hogwild_config = config.model_copy(update={"num_envs": args.hogwild_num_envs})
     wanted = set(args.only or ("hogwild", "system", "ceiling"))
     details: dict[str, Any] = {}

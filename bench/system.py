@@ -172,12 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="ALE/Breakout-v5")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--num-envs", type=int, help="default: the config's default")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--no-evaluator", action="store_true")
     args = parser.parse_args(argv)
-    config = load_config({"env": args.env, "workers": args.workers, "num_envs": args.num_envs})
+    config = load_config(
+        {"env": args.env, "workers": args.workers}
+        | ({"num_envs": args.num_envs} if args.num_envs else {})
+    )
     result = run_system(config, args.seconds, args.warmup, not args.no_evaluator)
     json.dump(result, sys.stdout, indent=2, default=str)
     print()

@@ -3,11 +3,11 @@
 # and the learner's ceiling under 1..64 synthetic senders; it writes bench/results.json and
 # bench/results.md (about five minutes). Not part of `make test`: speed is proven here, never
 # by a timed test.
-#   make bench                          the full run
+#   make bench                          the full run (plus the classic num_envs 1 system)
 #   make bench-quick                    short windows (about a minute)
 #   make bench BENCH_ARGS='--only ceiling --senders 1,8,64'
 
-BENCH_ARGS ?=
+BENCH_ARGS ?= --also-num-envs 1
 
 .PHONY: bench bench-quick
 
