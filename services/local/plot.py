@@ -8,6 +8,21 @@ from pathlib import Path
 
 from services.local.launcher import read_eval
 
+PAUSE_S = 600.0
+"""A gap this long between two evaluation games means training was stopped (a run continued
+later from its checkpoint): the wall-time axis leaves it out."""
+
+
+def training_hours(times: list[float]) -> list[float]:
+    """Wall time since the first game, in hours, with pauses between runs removed."""
+    hours, elapsed = [], 0.0
+    for i, now in enumerate(times):
+        if i:
+            gap = now - times[i - 1]
+            elapsed += gap if gap < PAUSE_S else 0.0
+        hours.append(elapsed / 3600)
+    return hours
+
 
 def plot_run(run_dir: Path, out: Path, window: int = 10) -> Path:
     try:
@@ -23,7 +38,7 @@ def plot_run(run_dir: Path, out: Path, window: int = 10) -> Path:
         print(f"a3c plot: no evaluation games in {run_dir / 'eval.jsonl'}", file=sys.stderr)
         raise SystemExit(2)
     frames = [r["frames"] / 1e6 for r in records]
-    hours = [(r["time"] - records[0]["time"]) / 3600 for r in records]
+    hours = training_hours([r["time"] for r in records])
     scores = [r["score"] for r in records]
     means = [
         sum(scores[max(0, i - window + 1) : i + 1]) / len(scores[max(0, i - window + 1) : i + 1])
@@ -32,7 +47,7 @@ def plot_run(run_dir: Path, out: Path, window: int = 10) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, x, label in (
         (axes[0], frames, "training frames (millions)"),
-        (axes[1], hours, "wall time (hours)"),
+        (axes[1], hours, "training wall time (hours; pauses between runs left out)"),
     ):
         axis.scatter(x, scores, s=6, alpha=0.35, label="game score")
         axis.plot(x, means, color="C1", label=f"mean of last {window}")
