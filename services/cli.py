@@ -7,6 +7,7 @@
     a3c evaluate   play N games with a checkpoint under the evaluation protocol
     a3c record     a GIF of one game played by a checkpoint
     a3c plot       a run's learning curve from its eval.jsonl
+    a3c export     a float16 model file (no optimizer state) from a checkpoint, for shipping
 
 Every flag is a field of common.config.Config and can also be set as A3C_<FIELD>. Invalid
 settings are all reported at once, with exit code 2, before anything starts.
@@ -66,6 +67,23 @@ def _plot(config: Config) -> None:
     print(plot_run(config.run_dir, config.out, config.eval_window))
 
 
+def _export(config: Config) -> None:
+    from common.checkpoint import export_model
+
+    if config.checkpoint is None or config.out is None:
+        print("a3c export: usage: a3c export --checkpoint PATH --out FILE.pt", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        state = export_model(config.checkpoint, config.out)
+    except ValueError as error:
+        print(f"a3c export: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        f"{config.out}: {state.get('env')} model, version {state.get('model_version')}, "
+        f"{state.get('frames')} frames, {config.out.stat().st_size:,} bytes"
+    )
+
+
 COMMANDS: dict[str, tuple[Callable[[Config], None], str]] = {
     "run": (_run, "train locally: learner + workers + evaluator as processes on loopback"),
     "learner": (_learner, "run the learner service"),
@@ -74,6 +92,7 @@ COMMANDS: dict[str, tuple[Callable[[Config], None], str]] = {
     "evaluate": (_evaluate, "evaluate a checkpoint: --checkpoint PATH --episodes N --out FILE"),
     "record": (_record, "record a GIF of one game: --checkpoint PATH --out FILE.gif"),
     "plot": (_plot, "plot a run's learning curve: RUN_DIR --out FILE.png"),
+    "export": (_export, "float16 model file for shipping: --checkpoint PATH --out FILE.pt"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`a3c evaluate`, `a3c record` and `a3c plot` on real files, as a user runs them."""
+"""`a3c evaluate`, `record`, `plot` and `export` on real files, as a user runs them."""
 
 import json
 import subprocess
@@ -108,3 +108,23 @@ def test_plot_draws_the_learning_curve(tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert a3c("plot", str(tmp_path / "nothing"), "--out", str(out)).returncode == 2
+
+
+def test_export_ships_a_float16_model_without_optimizer_state(tmp_path):
+    model = ActorCritic(*env_spaces("CartPole-v1"))
+    checkpoint = tmp_path / "ckpt-000000000007.pt"
+    atomic_save(checkpoint, {
+        "model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []},
+        "model_version": 7, "frames": 560, "layout": layout_digest(model), "env": "CartPole-v1",
+    })  # fmt: skip
+    out = tmp_path / "shipped.pt"
+    result = a3c("export", "--checkpoint", str(checkpoint), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    shipped = torch.load(out, weights_only=True)
+    assert "optimizer" not in shipped
+    assert (shipped["model_version"], shipped["frames"], shipped["env"]) == (7, 560, "CartPole-v1")
+    assert all(tensor.dtype == torch.float16 for tensor in shipped["model"].values())
+    played = a3c("evaluate", "--checkpoint", str(out), "--env", "CartPole-v1", "--episodes", "1")
+    assert played.returncode == 0, played.stderr
+    missing = a3c("export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out))
+    assert missing.returncode == 2 and "unreadable" in missing.stderr
