@@ -31,8 +31,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m 'not slow' $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check common services tests
-	$(BIN)/ruff format --check common services tests
+	$(BIN)/ruff check common services bench tests
+	$(BIN)/ruff format --check common services bench tests
 	$(BIN)/mypy
 
 format: setup

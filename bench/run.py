@@ -12,6 +12,7 @@ ceiling. A full run takes about five minutes; `--quick` about one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -128,10 +129,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         batched = config.model_copy(update={"num_envs": num_envs})
         details[f"system_num_envs_{num_envs}"] = attempt(
             f"system, num_envs {num_envs}",
-            lambda c=batched: run_system(
-                c, args.system_seconds, args.system_warmup, not args.no_evaluator
+            functools.partial(
+                run_system, batched, args.system_seconds, args.system_warmup,
+                not args.no_evaluator,
             ),
-        )
+        )  # fmt: skip
     if "ceiling" in wanted:
         counts = tuple(int(k) for k in args.senders.split(","))
         variant_counts = (

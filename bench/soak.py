@@ -62,7 +62,7 @@ def role(pid: int) -> str:
 
 def flood(address: str, stop: threading.Event, per_second: float, sent: list[int]) -> None:
     """Malformed traffic from a DEALER: random bytes, truncated headers, huge frame counts."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100)
     sock.connect(f"tcp://{address}")

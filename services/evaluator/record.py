@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+import numpy as np
+
 from common.config import Config
 from common.envs import make_env
 from common.evaluation import play_episode
@@ -34,7 +36,7 @@ def record_game(config: Config) -> dict[str, Any]:
     frames: list[Any] = []
 
     def capture(score: float) -> None:
-        image = Image.fromarray(env.render())
+        image = Image.fromarray(np.asarray(env.render()))
         ImageDraw.Draw(image).text((4, 2), f"score {score:.0f}", fill=(255, 255, 0))
         frames.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
 

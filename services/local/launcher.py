@@ -113,7 +113,7 @@ def eval_summary(records: list[dict[str, Any]], window: int) -> dict[str, Any]:
     return {
         "episodes": len(scores),
         "mean_score": sum(last) / len(last) if last else None,
-        "best_score": max(full_windows or [float(r["mean_score"]) for r in records] or [None]),
+        "best_score": max(full_windows or [float(r["mean_score"]) for r in records], default=None),
         "max_episode_score": max(scores) if scores else None,
         "last_scores": last,
         "window": window,
@@ -284,7 +284,7 @@ class LocalCluster:
         on); `frames_this_run` and `frames_per_s` count this run only."""
         state, _ = load_newest(self.run_dir / "checkpoints")
         frames = int(state["frames"]) if state else 0
-        summary = {
+        summary: dict[str, Any] = {
             "env": self.config.env,
             "frames": frames,
             "frames_this_run": int(run_frames),
