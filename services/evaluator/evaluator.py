@@ -2,7 +2,8 @@
 protocol (common.envs, DESIGN section 1) and exports the scores.
 
 It subscribes to the learner's weight broadcast (it never talks back, so it cannot slow the
-learner down), swaps in new weights only between games, and reports the mean over the last
+learner down), keeps reading it during a game (a game can last 27,000 steps), swaps in the
+newest weights only between games, and reports the mean over the last
 `eval_window` games together with the model version and training frames behind each score.
 It keeps the best-scoring weights on disk.
 """
@@ -23,11 +24,14 @@ from common.envs import env_spaces, make_env
 from common.evaluation import EpisodeResult, play_episode
 from common.metrics import EvaluatorMetrics, Health, evaluator_metrics
 from common.model import ActorCritic
-from common.protocol import Session
+from common.protocol import Message, Session
 from common.transport import Subscriber
 from common.weights import layout_digest, load_parameter_vector
 
 log = logging.getLogger("evaluator")
+
+POLL_EVERY_STEPS = 256
+"""During a game, the broadcast is read (and health ticked) every this many steps."""
 
 
 class Evaluator:
@@ -49,8 +53,13 @@ class Evaluator:
         self.best_mean = float("-inf")
         self.episodes = 0
         self._last_end = float("-inf")
+        self._newest: Message | None = None
+        self._steps = 0
+        self._health: Health | None = None
 
-    def poll_weights(self, timeout_ms: int) -> None:
+    def poll_weights(self, timeout_ms: int, load: bool = True) -> None:
+        """Read the newest broadcast; load it now, or (`load=False`, mid-game) keep it for the
+        next game, so one game is always played by one model version."""
         received = self.subscriber.recv_newest(timeout_ms)
         if received is None:
             return
@@ -65,12 +74,28 @@ class Evaluator:
             log.warning("broadcast for another model or type (%s); ignored", message.type)
             return
         self.metrics.weights_received.inc()
+        self._newest = message
+        if load:
+            self._load_newest()
+
+    def _load_newest(self) -> None:
+        message, self._newest = self._newest, None
+        if message is None:
+            return
         version = int(message.body["model_version"])
         if version != self.version:
             load_parameter_vector(self.model, message.arrays[0])
             self.version, self.train_frames = version, int(message.body["frames"])
 
+    def _during_game(self, _score: float) -> None:
+        self._steps += 1
+        if self._steps % POLL_EVERY_STEPS == 0:
+            self.poll_weights(0, load=False)
+            if self._health is not None:
+                self._health.tick()
+
     def evaluate_once(self, stop: threading.Event) -> EpisodeResult | None:
+        self._load_newest()
         version, frames = self.version, self.train_frames
         started = time.time()
         result = play_episode(
@@ -80,6 +105,7 @@ class Evaluator:
             self.config.eval_policy,
             seed=self.config.seed + self.episodes,
             stop=stop,
+            on_step=self._during_game,
         )
         if result is None:
             return None
@@ -137,6 +163,7 @@ class Evaluator:
         atomic_save(path, state)
 
     def run(self, stop: threading.Event, health: Health | None = None) -> None:
+        self._health = health
         try:
             while not stop.is_set():
                 self.poll_weights(200 if self.version >= 0 else 1000)
