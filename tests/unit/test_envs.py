@@ -49,3 +49,18 @@ def test_vector_observations_are_scaled_by_their_bounds():
     for _ in range(100):
         obs, *_ = env.step(env.action_space.sample())
         assert np.all(np.abs(obs) <= 1.0 + 1e-6)
+
+
+def test_every_ball_is_served_under_sticky_actions():
+    """An agent that never presses FIRE still plays every ball: no game idles to the cap."""
+    for seed in range(30):
+        env = make_env("ALE/Breakout-v5", seed, training=False)
+        env.reset(seed=seed)
+        steps, truncated = 0, False
+        while True:
+            _, _, terminated, truncated, info = env.step(0)  # NOOP
+            steps += 1
+            if terminated or truncated:
+                break
+        assert not truncated and info["lives"] == 0, f"seed {seed}: game idled for {steps} steps"
+        env.close()
