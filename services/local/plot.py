@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.local.launcher import read_eval
 
-PAUSE_S = 600.0
+PAUSE_S = 300.0
 """A gap this long between two evaluation games means training was stopped (a run continued
 later from its checkpoint): the wall-time axis leaves it out."""
 

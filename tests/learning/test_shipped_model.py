@@ -1,5 +1,6 @@
-"""The shipped Breakout model beats a random policy (about 1.7) by a wide margin under the
-standard evaluation protocol. Seeds are fixed, so the outcome is the same on every run."""
+"""The shipped Breakout model beats a random policy (about 1.7) by a wide margin, and a human
+(30.5), under the standard evaluation protocol. Seeds are fixed, so the outcome is the same on
+every run (measured: 61.4 over these 5 games, 60.1 over 10; models/README.md)."""
 
 import json
 import subprocess
@@ -8,9 +9,10 @@ import sys
 from tests.conftest import REPO
 
 RANDOM_POLICY_SCORE = 1.7
+HUMAN_SCORE = 30.5
 
 
-def test_shipped_breakout_model_beats_random_by_a_wide_margin(tmp_path):
+def test_shipped_breakout_model_beats_random_by_a_wide_margin_and_a_human(tmp_path):
     out = tmp_path / "eval.json"
     result = subprocess.run(
         [
@@ -37,4 +39,5 @@ def test_shipped_breakout_model_beats_random_by_a_wide_margin(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["protocol"]["sticky_actions"] == 0.25 and report["protocol"]["full_games"]
-    assert report["mean_score"] >= 3 * RANDOM_POLICY_SCORE, report["scores"]
+    assert report["mean_score"] >= 10 * RANDOM_POLICY_SCORE, report["scores"]
+    assert report["mean_score"] > HUMAN_SCORE, report["scores"]
