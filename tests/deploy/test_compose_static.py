@@ -124,6 +124,15 @@ def test_env_example_names_only_real_settings() -> None:
     assert names
     unknown = [n for n in names if n.lower() not in Config.model_fields]
     assert not unknown, f".env.example sets settings that do not exist: {unknown}"
+    # The active lines restate the defaults: a copied .env must not silently change training.
+    active = dict(re.findall(r"^A3C_(\w+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    defaults, restated = Config(), Config(**{k.lower(): v for k, v in active.items()})
+    drift = {
+        k: v
+        for k, v in active.items()
+        if getattr(restated, k.lower()) != getattr(defaults, k.lower())
+    }
+    assert not drift, f".env.example differs from the defaults: {drift}"
 
 
 def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
