@@ -81,7 +81,7 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> di
 EXPORT_KEYS = ("model_version", "frames", "layout", "env", "eval_mean")
 
 
-def export_model(source: Path, out: Path, note: str | None = None) -> dict[str, Any]:
+def export_model(source: Path, out: Path) -> dict[str, Any]:
     """A small, shippable model file from a learner checkpoint or the evaluator's best model:
     float16 weights (half the bytes; playing needs no more precision) and the metadata that
     says what it is, without the optimizer state. Loads anywhere a model file is accepted."""
@@ -89,8 +89,6 @@ def export_model(source: Path, out: Path, note: str | None = None) -> dict[str, 
     exported: dict[str, Any] = {key: state[key] for key in EXPORT_KEYS if key in state}
     exported["model"] = {name: tensor.half() for name, tensor in state["model"].items()}
     exported["exported_from"] = source.name
-    if note:
-        exported["note"] = note
     atomic_save(out, exported)
     return exported
 

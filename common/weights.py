@@ -38,12 +38,13 @@ class FlatParameters:
         params = list(model.parameters())
         with torch.no_grad():
             self.values = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-        self.values.grad = torch.zeros_like(self.values)
+        self.grads = torch.zeros_like(self.values)
+        self.values.grad = self.grads
         offset = 0
         for param in params:
             count = param.numel()
             param.data = self.values.data[offset : offset + count].view_as(param)
-            param.grad = self.values.grad[offset : offset + count].view_as(param)
+            param.grad = self.grads[offset : offset + count].view_as(param)
             offset += count
         self.sizes = [p.numel() for p in params]
 

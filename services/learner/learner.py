@@ -80,8 +80,7 @@ class Learner:
         # per-tensor loop), which bounds the learner's ceiling.
         self.flat = FlatParameters(self.model)
         self.optimizer = torch.optim.Adam([self.flat.values], lr=config.lr, fused=True)
-        assert self.flat.values.grad is not None
-        self._grad_flat = self.flat.values.grad
+        self._grad_flat = self.flat.grads
         self._grad_np = self._grad_flat.numpy()
         self.version = 0
         self.frames = 0
