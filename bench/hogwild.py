@@ -25,6 +25,7 @@ from common.config import Config, load_config
 from common.envs import env_spaces, frames_per_step, make_vector_env
 from common.model import ActorCritic
 from common.rollout import RolloutRunner
+from common.seeding import worker_seed
 
 PHASES = ("env", "forward", "backward", "sync")
 """sync: copy shared weights in, hand gradients over, step the shared Adam."""
@@ -71,7 +72,7 @@ def _train(
     per phase."""
     torch.set_num_threads(1)
     config = load_config(config_values)
-    seed = config.seed + 1000 * (rank + 1)
+    seed = worker_seed(config.seed, f"hogwild-{rank}")
     torch.manual_seed(seed)
     envs = make_vector_env(
         config.env,
@@ -90,7 +91,7 @@ def _train(
     for shared, local in zip(shared_model.parameters(), model.parameters(), strict=True):
         shared.grad = local.grad
     optimizer = shared_adam(shared_model, adam_state, config.lr)
-    runner = RolloutRunner(model, envs, config, frames_per_step(config.env), seed)
+    runner = RolloutRunner(model, envs, config, seed)
     row = counters[rank]
     try:
         while not stop.is_set():

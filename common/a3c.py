@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+ALGORITHM_VERSION = 2
+"""Bumped by every change that affects what is learned per frame (the objective, the env
+preprocessing, a default of the algorithm); recorded in config.json, checkpoints, summaries
+and the learning benchmark, so results are only ever compared within one version.
+1: FIRE after every lost life, LSTM reset at a lost life in training only, running frame
+normalisation. 2: FIRE at game start only (the agent serves), the LSTM spans whole games in
+training as in evaluation, frames scaled to [0, 1], every emulator frame counted."""
+
 
 def gae(
     rewards: torch.Tensor,

@@ -78,7 +78,15 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> di
     return state
 
 
-EXPORT_KEYS = ("model_version", "frames", "layout", "env", "eval_mean")
+EXPORT_KEYS = (
+    "model_version",
+    "frames",
+    "layout",
+    "env",
+    "algorithm_version",
+    "eval_mean",
+    "eval_scores",
+)
 
 
 def export_model(source: Path, out: Path) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Environment construction: Atari preprocessing for training and evaluation, vector envs.
 
-Atari (`ALE/*`): grey frames cropped to the playing field and resized to 42x42, running
-normalisation (as the classic A3C), FIRE after reset and after a lost life, and for training
-only clipped rewards and episodic life. Evaluation plays full games with the standard protocol
-(DESIGN section 1): raw score, sticky actions 0.25, up to 30 no-op starts, 108,000-frame cap.
+Atari (`ALE/*`): grey frames cropped to the playing field, resized to 42x42 and scaled to
+[0, 1] (no running statistics), FIRE once at game start, and for training only clipped
+rewards and a lost-life signal that ends the return. Training and evaluation play the same
+game the same way: the agent serves after a lost life by itself, and nothing is reset or
+played for it in between. Evaluation is the standard protocol (DESIGN section 1): full games,
+raw score, sticky actions 0.25, up to 30 no-op starts, 108,000-frame cap. Every emulator frame
+is counted, those the wrappers play included (`info["frames_total"]`).
 
 Other Gymnasium ids (CartPole-v1, Acrobot-v1, ...) get their observations scaled by the
 finite bounds of the observation space: stateless, so workers and evaluator see the same
@@ -39,27 +42,48 @@ def frames_per_step(env_id: str) -> int:
 
 
 class GameScore(gym.Wrapper):
-    """Adds the raw, unclipped score and frame count of a whole game to the final step's info.
+    """Counts every emulator frame and adds the raw, unclipped score of a whole game to the
+    final step's info.
 
-    It sits directly on the emulator so that neither reward clipping nor episodic life
-    (training) changes what is reported as a game's score."""
+    It sits directly on the emulator, so the frames that other wrappers play (no-op starts,
+    the FIRE at game start) are counted like the agent's own, and neither reward clipping nor
+    the training-only life signal changes what is reported as a game's score. Every step's and
+    reset's info carries `frames_total`, the frames this env has played since it was made."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, frames_per_step: int) -> None:
         super().__init__(env)
+        self.frames_per_step = frames_per_step
+        self.frames_total = 0
         self._score = 0.0
-        self._steps = 0
+        self._game_frames = 0
+        self._frame_number: int | None = None
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
-        self._score, self._steps = 0.0, 0
-        return self.env.reset(**kwargs)
+        self._score, self._game_frames = 0.0, 0
+        obs, info = self.env.reset(**kwargs)
+        self._frame_number = info.get("frame_number")
+        return obs, {**info, "frames_total": self.frames_total}
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        played = self._frames_played(info.get("frame_number"))
         self._score += float(reward)
-        self._steps += 1
+        self._game_frames += played
+        self.frames_total += played
+        info = {**info, "frames_total": self.frames_total}
         if terminated or truncated:
-            info = {**info, "game_score": self._score, "game_steps": self._steps}
+            info["game_score"] = self._score
+            info["game_frames"] = self._game_frames
         return obs, reward, terminated, truncated, info
+
+    def _frames_played(self, frame_number: int | None) -> int:
+        """The emulator's own count where it has one (a step that ends the game stops within
+        its frameskip), else `frames_per_step`."""
+        if frame_number is None or self._frame_number is None:
+            return self.frames_per_step
+        played = max(int(frame_number) - int(self._frame_number), 0)
+        self._frame_number = frame_number
+        return played
 
 
 class NoopStart(gym.Wrapper):
@@ -78,43 +102,33 @@ class NoopStart(gym.Wrapper):
         return obs, info
 
 
-class EpisodicLife(gym.Wrapper):
-    """Training only: a lost life ends the episode for the learner (bootstrapping stops), but
-    the emulator resets only when the game is really over."""
+class FireOnReset(gym.Wrapper):
+    """Presses FIRE once when a game starts (games such as Breakout wait for it), and never
+    again: after a lost life the agent serves by itself, in training as in evaluation, so the
+    evaluation protocol does not play for the agent and the policy that is scored is the one
+    that was trained. Under sticky actions the press is swallowed 0.25**4 = 0.4% of the time;
+    the agent then serves as it does after every lost life."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, fire_action: int) -> None:
         super().__init__(env)
-        self._lives = 0
-        self._game_over = True
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self._game_over = terminated or truncated
-        lives = info.get("lives", 0)
-        if 0 < lives < self._lives:
-            terminated = True
-        self._lives = lives
-        return obs, reward, terminated, truncated, info
+        self.fire_action = fire_action
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
-        if self._game_over:
+        self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(self.fire_action)
+        if terminated or truncated:
             obs, info = self.env.reset(**kwargs)
-        else:
-            obs, _, _, _, info = self.env.step(0)
-        self._lives = info.get("lives", 0)
         return obs, info
 
 
-FIRE_PRESSES = 2
-"""With sticky actions (p = 0.25 per emulator frame) one FIRE step of 4 frames is swallowed
-with probability 0.25**4 = 0.4%; a game has ~6 serves, and a greedy agent that never fires
-itself then idles until the 108,000-frame cap (2 of 185 evaluation games did). Two presses:
-0.0015% per serve. FIRE does nothing in Breakout once the ball is in play."""
+class LifeLossSignal(gym.Wrapper):
+    """Training only: marks the step that lost a life with `info["life_lost"]` (every step
+    carries the key, so vector envs stack it into one array).
 
-
-class AutoFire(gym.Wrapper):
-    """Presses FIRE after reset and after a lost life: Breakout waits for it to serve, and an
-    agent that has not learned that yet would otherwise idle until the frame cap."""
+    The rollout ends the return there (a lost ball is the end of the value the agent can
+    collect, which speeds up learning in games with lives), but the game goes on: no fake
+    reset, no hidden step, and the LSTM keeps its memory across lives exactly as it does in
+    evaluation, where a lost life is just another frame."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -122,61 +136,34 @@ class AutoFire(gym.Wrapper):
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         obs, info = self.env.reset(**kwargs)
-        for _ in range(FIRE_PRESSES):
-            obs, _, terminated, truncated, info = self.env.step(1)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
-        self._lives = info.get("lives", 0)
-        return obs, info
+        self._lives = int(info.get("lives", 0))
+        return obs, {**info, "life_lost": False}
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        lives = info.get("lives", 0)
-        presses = FIRE_PRESSES if lives < self._lives else 0
-        while presses and not (terminated or truncated):
-            obs, extra, terminated, truncated, info = self.env.step(1)
-            reward = float(reward) + float(extra)
-            presses -= 1
-        self._lives = info.get("lives", 0)
-        return obs, reward, terminated, truncated, info
-
-
-class FrameNormalize(gym.ObservationWrapper):
-    """Running normalisation of whole frames (the classic A3C's NormalizedEnv): one mean and
-    one std per frame, tracked with an exponential average and bias-corrected."""
-
-    def __init__(self, env: gym.Env, alpha: float = 0.9999) -> None:
-        super().__init__(env)
-        self.alpha = alpha
-        self._mean = 0.0
-        self._std = 0.0
-        self._count = 0
-        shape = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
-
-    def observation(self, observation: np.ndarray) -> np.ndarray:
-        self._count += 1
-        self._mean = self._mean * self.alpha + float(observation.mean()) * (1 - self.alpha)
-        self._std = self._std * self.alpha + float(observation.std()) * (1 - self.alpha)
-        correction = 1 - self.alpha**self._count
-        mean, std = self._mean / correction, self._std / correction
-        return ((observation - mean) / (std + 1e-8)).astype(np.float32)
+        lives = int(info.get("lives", 0))
+        lost = lives < self._lives and not (terminated or truncated)
+        self._lives = lives
+        return obs, reward, terminated, truncated, {**info, "life_lost": lost}
 
 
 def _preprocess_frames(env: gym.Env) -> gym.Env:
-    """Crop the playing field (rows 34-193), resize to 42x42, scale to [0, 1], add a channel."""
+    """Crop the playing field (rows 34-193), resize to 42x42 by area averaging (so the
+    2-pixel ball survives as a faint dot), scale to [0, 1], add a channel.
+
+    The scaling is fixed, not a running statistic: a frame means the same to the model in
+    every worker, in the evaluator and in `a3c evaluate`, whatever was played before it."""
     crop = gym.wrappers.TransformObservation(
         env,
         lambda frame: frame[34:194],
         gym.spaces.Box(0, 255, (160, 160), np.uint8),
     )
     resized = gym.wrappers.ResizeObservation(crop, (FRAME_SIZE, FRAME_SIZE))
-    scaled = gym.wrappers.TransformObservation(
+    return gym.wrappers.TransformObservation(
         resized,
-        lambda frame: (frame.astype(np.float32) / 255.0)[None],
+        lambda frame: (frame.astype(np.float32) * (1.0 / 255.0))[None],
         gym.spaces.Box(0.0, 1.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32),
     )
-    return FrameNormalize(scaled)
 
 
 def _scale_by_bounds(env: gym.Env) -> gym.Env:
@@ -217,18 +204,18 @@ def make_env(
             full_action_space=False,
             render_mode=render_mode,
         )
-        env = GameScore(env)
+        env = GameScore(env, ATARI_FRAMESKIP)
         env = NoopStart(env)
-        if training:
-            env = EpisodicLife(env)
         emulator: Any = env.unwrapped
-        if "FIRE" in emulator.get_action_meanings():
-            env = AutoFire(env)
+        meanings = emulator.get_action_meanings()
+        if "FIRE" in meanings:
+            env = FireOnReset(env, meanings.index("FIRE"))
         if training:
+            env = LifeLossSignal(env)
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
         env = _preprocess_frames(env)
     else:
-        env = GameScore(gym.make(env_id, render_mode=render_mode))
+        env = GameScore(gym.make(env_id, render_mode=render_mode), 1)
         env = _scale_by_bounds(env)
         if training and normalize_rewards:
             env = gym.wrappers.NormalizeReward(env, gamma=gamma)

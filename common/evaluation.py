@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import torch
 
-from common.envs import frames_per_step
 from common.model import ActorCritic
 
 
@@ -52,7 +51,7 @@ def play_episode(
             on_step(score)
         if terminated or truncated:
             score = float(info.get("game_score", score))
-            frames = int(info.get("game_steps", steps)) * frames_per_step(env_id)
+            frames = int(info["game_frames"])
             return EpisodeResult(score, steps, frames, bool(truncated))
         if stop is not None and steps % 64 == 0 and stop.is_set():
             return None

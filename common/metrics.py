@@ -177,7 +177,11 @@ def evaluator_metrics() -> EvaluatorMetrics:
             "Mean raw score over the last eval_window episodes",
             registry=r,
         ),
-        best_score=Gauge("a3c_evaluator_best_score", "Best windowed mean score so far", registry=r),
+        best_score=Gauge(
+            "a3c_evaluator_best_score",
+            "Best mean score of one model version over its own games",
+            registry=r,
+        ),
         last_score=Gauge("a3c_evaluator_last_score", "Raw score of the latest episode", registry=r),
         episodes=Counter("a3c_evaluator_episodes", "Evaluation episodes played", registry=r),
         model_version=Gauge(

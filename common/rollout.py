@@ -23,7 +23,7 @@ from common.model import ActorCritic, LSTMState
 @dataclass
 class RolloutResult:
     frames: int
-    """Emulator frames played (steps x envs x frameskip)."""
+    """Emulator frames played, those the env wrappers play (no-op starts, FIRE) included."""
     stats: dict[str, float]
     """policy_loss, value_loss, entropy, grad_norm (before clipping)."""
     episode_returns: list[float] = field(default_factory=list)
@@ -33,15 +33,19 @@ class RolloutResult:
 
 
 class RolloutRunner:
-    def __init__(
-        self, model: ActorCritic, envs: VectorEnv, config: Config, frames_per_step: int, seed: int
-    ) -> None:
+    """Plays rollouts in `envs` (built by common.envs.make_vector_env).
+
+    Two kinds of boundary: a game that ends (terminated or truncated) resets the env and the
+    LSTM state; a lost life (`info["life_lost"]`, training only) ends the return but nothing
+    else, so the LSTM sees a game the way the evaluator plays it."""
+
+    def __init__(self, model: ActorCritic, envs: VectorEnv, config: Config, seed: int) -> None:
         self.model = model
         self.envs = envs
         self.config = config
-        self.frames_per_step = frames_per_step
-        obs, _ = envs.reset(seed=seed)
+        obs, info = envs.reset(seed=seed)
         self.obs = torch.as_tensor(obs)
+        self._frames_total = np.asarray(info["frames_total"], dtype=np.int64)
         self.state: LSTMState = model.initial_state(envs.num_envs)
 
     def run(self) -> RolloutResult:
@@ -51,6 +55,7 @@ class RolloutRunner:
         h, c = self.state[0].detach(), self.state[1].detach()
         logits_t, values_t, actions_t, rewards_t, dones_t = [], [], [], [], []
         episode_returns: list[float] = []
+        frames = 0
         for _ in range(config.n_steps):
             t0 = time.perf_counter()
             logits, value, (h, c) = model(self.obs, (h, c))
@@ -63,14 +68,16 @@ class RolloutRunner:
                 reward_t = reward_t + self._truncation_bootstrap(
                     info, truncated, terminated, (h, c)
                 )
-            done = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+            game_over = terminated | truncated
+            return_ends = game_over | np.asarray(info.get("life_lost", False), dtype=bool)
             episode_returns += finished_games(info)
+            frames += self._count_frames(info)
             logits_t.append(logits)
             values_t.append(value)
             actions_t.append(action)
             rewards_t.append(reward_t)
-            dones_t.append(done)
-            keep = (1.0 - done).unsqueeze(-1)
+            dones_t.append(torch.as_tensor(return_ends, dtype=torch.float32))
+            keep = torch.as_tensor(~game_over, dtype=torch.float32).unsqueeze(-1)
             h, c = h * keep, c * keep
             self.obs = torch.as_tensor(obs)
             seconds["forward"] += t1 - t0
@@ -110,8 +117,15 @@ class RolloutRunner:
             "entropy": loss.entropy,
             "grad_norm": float(grad_norm),
         }
-        frames = config.n_steps * self.envs.num_envs * self.frames_per_step
         return RolloutResult(frames, stats, episode_returns, seconds)
+
+    def _count_frames(self, info: dict) -> int:
+        """Emulator frames since the last step, from each env's own counter (a reset in the
+        same step, with its no-ops and FIRE, is in it)."""
+        now = np.asarray(info["frames_total"], dtype=np.int64)
+        played = int((now - self._frames_total).sum())
+        self._frames_total = now
+        return played
 
     @torch.no_grad()
     def _truncation_bootstrap(

@@ -5,7 +5,8 @@ It subscribes to the learner's weight broadcast (it never talks back, so it cann
 learner down), keeps reading it during a game (a game can last 27,000 steps), swaps in the
 newest weights only between games, and reports the mean over the last
 `eval_window` games together with the model version and training frames behind each score.
-It keeps the best-scoring weights on disk.
+It keeps the best-scoring weights on disk, labelled with the games those very weights played
+(a moving window mixes several versions, so it says nothing about any one of them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from common.evaluation import EpisodeResult, play_episode
 from common.metrics import EvaluatorMetrics, Health, evaluator_metrics
 from common.model import ActorCritic
 from common.protocol import Message, Session
+from common.seeding import evaluation_seed
 from common.transport import Subscriber
 from common.weights import layout_digest, load_parameter_vector
 
@@ -41,7 +43,7 @@ class Evaluator:
         obs_shape, n_actions = env_spaces(config.env)
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
-        self.env = make_env(config.env, config.seed, training=False)
+        self.env = make_env(config.env, evaluation_seed(config.seed, 0), training=False)
         session = Session(
             f"evaluator-{config.resolved_worker_id}", config.shared_key(), config.max_message_bytes
         )
@@ -51,6 +53,8 @@ class Evaluator:
         self.train_frames = 0
         self.scores: deque[float] = deque(maxlen=config.eval_window)
         self.best_mean = float("-inf")
+        self._version_scores: list[float] = []
+        """Scores of the games played by the weights loaded now (the best model's label)."""
         self.episodes = 0
         self._last_end = float("-inf")
         self._newest: Message | None = None
@@ -86,6 +90,7 @@ class Evaluator:
         if version != self.version:
             load_parameter_vector(self.model, message.arrays[0])
             self.version, self.train_frames = version, int(message.body["frames"])
+            self._version_scores = []
 
     def _during_game(self, _score: float) -> None:
         self._steps += 1
@@ -103,7 +108,7 @@ class Evaluator:
             self.env,
             self.config.env,
             self.config.eval_policy,
-            seed=self.config.seed + self.episodes,
+            seed=evaluation_seed(self.config.seed, self.episodes),
             stop=stop,
             on_step=self._during_game,
         )
@@ -111,6 +116,7 @@ class Evaluator:
             return None
         self.episodes += 1
         self.scores.append(result.score)
+        self._version_scores.append(result.score)
         mean = sum(self.scores) / len(self.scores)
         self.metrics.episodes.inc()
         self.metrics.last_score.set(result.score)
@@ -142,13 +148,16 @@ class Evaluator:
         if self.config.eval_log is not None:
             with self.config.eval_log.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if len(self.scores) == self.scores.maxlen and mean > self.best_mean:
-            self.best_mean = mean
-            self.metrics.best_score.set(mean)
+        own_mean = sum(self._version_scores) / len(self._version_scores)
+        if own_mean > self.best_mean:
+            self.best_mean = own_mean
+            self.metrics.best_score.set(own_mean)
             self._save_best(version, frames, mean)
         return result
 
-    def _save_best(self, version: int, frames: int, mean: float) -> None:
+    def _save_best(self, version: int, frames: int, window_mean: float) -> None:
+        """`eval_scores` are the games these weights played (often one: weights change between
+        games); `a3c evaluate` scores them properly."""
         path: Path | None = self.config.best_model_path
         if path is None:
             return
@@ -158,7 +167,9 @@ class Evaluator:
             "frames": frames,
             "layout": self.layout,
             "env": self.config.env,
-            "eval_mean": mean,
+            "eval_scores": list(self._version_scores),
+            "eval_mean": sum(self._version_scores) / len(self._version_scores),
+            "eval_window_mean": window_mean,
         }
         atomic_save(path, state)
 

@@ -23,6 +23,7 @@ from common.envs import (
 from common.evaluation import play_episode
 from common.logs import setup_logging
 from common.model import ActorCritic
+from common.seeding import evaluation_seed
 from common.weights import layout_digest
 
 log = logging.getLogger("evaluate")
@@ -54,12 +55,12 @@ def load_policy(config: Config) -> tuple[ActorCritic, dict]:
 def evaluate_checkpoint(config: Config) -> dict:
     setup_logging("evaluate", str(config.checkpoint), config.log_level, config.log_format)
     model, state = load_policy(config)
-    env = make_env(config.env, config.seed, training=False)
+    env = make_env(config.env, evaluation_seed(config.seed, 0), training=False)
     scores, frames = [], []
     started = time.time()
     for episode in range(config.episodes):
         result = play_episode(
-            model, env, config.env, config.eval_policy, seed=config.seed + episode
+            model, env, config.env, config.eval_policy, seed=evaluation_seed(config.seed, episode)
         )
         assert result is not None
         scores.append(result.score)

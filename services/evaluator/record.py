@@ -13,6 +13,7 @@ from common.config import Config
 from common.envs import make_env
 from common.evaluation import play_episode
 from common.logs import setup_logging
+from common.seeding import evaluation_seed
 from services.evaluator.offline import load_policy
 
 log = logging.getLogger("record")
@@ -32,7 +33,9 @@ def record_game(config: Config) -> dict[str, Any]:
         print("a3c record: --out FILE.gif is required", file=sys.stderr)
         raise SystemExit(2)
     model, state = load_policy(config)
-    env = make_env(config.env, config.seed, training=False, render_mode="rgb_array")
+    env = make_env(
+        config.env, evaluation_seed(config.seed, 0), training=False, render_mode="rgb_array"
+    )
     frames: list[Any] = []
 
     def capture(score: float) -> None:
@@ -41,7 +44,12 @@ def record_game(config: Config) -> dict[str, Any]:
         frames.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
 
     result = play_episode(
-        model, env, config.env, config.eval_policy, seed=config.seed, on_step=capture
+        model,
+        env,
+        config.env,
+        config.eval_policy,
+        seed=evaluation_seed(config.seed, 0),
+        on_step=capture,
     )
     env.close()
     assert result is not None

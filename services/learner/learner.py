@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import MODEL_KEYS, load_checkpoint, load_newest, save_checkpoint
 from common.config import Config
 from common.envs import env_spaces
@@ -161,6 +162,7 @@ class Learner:
             "layout": self.layout,
             "env": self.config.env,
             "config": self.config.to_public_dict(),
+            "algorithm_version": ALGORITHM_VERSION,
             "saved_at": time.time(),
         }
         path = save_checkpoint(

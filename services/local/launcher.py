@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import load_newest
 from common.config import Config
 from common.metrics import scrape
@@ -150,7 +151,6 @@ class LocalCluster:
                 "services.worker",
                 common,
                 worker_id=f"worker-{i}",
-                seed=config.seed + 1000 * (i + 1),
             )
         self.evaluator = self._child(
             "evaluator",
@@ -162,7 +162,12 @@ class LocalCluster:
         )
         (self.run_dir / "config.json").write_text(
             json.dumps(
-                {**config.to_public_dict(), "run_dir": str(self.run_dir), "learner_port": port},
+                {
+                    **config.to_public_dict(),
+                    "algorithm_version": ALGORITHM_VERSION,
+                    "run_dir": str(self.run_dir),
+                    "learner_port": port,
+                },
                 indent=2,
             )
             + "\n"
@@ -286,6 +291,7 @@ class LocalCluster:
         frames = int(state["frames"]) if state else 0
         summary: dict[str, Any] = {
             "env": self.config.env,
+            "algorithm_version": ALGORITHM_VERSION,
             "frames": frames,
             "frames_this_run": int(run_frames),
             "updates": int(state.get("updates", 0)) if state else 0,

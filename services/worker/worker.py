@@ -19,11 +19,12 @@ import time
 import torch
 
 from common.config import Config, split_address
-from common.envs import env_spaces, frames_per_step, make_vector_env
+from common.envs import env_spaces, make_vector_env
 from common.metrics import Health, WorkerMetrics, worker_metrics
 from common.model import ActorCritic
 from common.protocol import Message, Session
 from common.rollout import RolloutResult, RolloutRunner
+from common.seeding import worker_seed
 from common.transport import DealerClient
 from common.weights import gradient_vector, layout_digest, load_parameter_vector
 
@@ -35,16 +36,18 @@ MAX_BACKOFF_S = 10.0
 class Worker:
     def __init__(self, config: Config, metrics: WorkerMetrics | None = None) -> None:
         torch.set_num_threads(1)
-        torch.manual_seed(config.seed)
         self.config = config
         self.metrics = metrics or worker_metrics()
         self.worker_id = config.resolved_worker_id
+        # Replicas share one config: each draws its own streams from its id.
+        self.seed = worker_seed(config.seed, self.worker_id)
+        torch.manual_seed(self.seed)
         obs_shape, n_actions = env_spaces(config.env)
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
         self.envs = make_vector_env(
             config.env,
-            config.seed,
+            self.seed,
             config.num_envs,
             config.train_sticky_actions,
             config.normalize_rewards,
@@ -60,9 +63,7 @@ class Worker:
         self.applied = 0
         self._last_sent = time.monotonic()
         self._backoff = 0.5
-        self.runner = RolloutRunner(
-            self.model, self.envs, config, frames_per_step(config.env), config.seed
-        )
+        self.runner = RolloutRunner(self.model, self.envs, config, self.seed)
 
     # --- connection ------------------------------------------------------------------------
 

@@ -1,34 +1,77 @@
 """Environment construction: Breakout preprocessing and the evaluation protocol."""
 
+import cv2
 import numpy as np
 
 from common.envs import env_spaces, frames_per_step, make_env, make_vector_env
 
 
-def test_breakout_frames_are_42x42_and_normalised():
+def test_breakout_frames_are_42x42_in_0_1_and_depend_on_the_frame_alone():
+    """No running statistics: the same screen is the same input after any history."""
     assert env_spaces("ALE/Breakout-v5") == ((1, 42, 42), 4)
     env = make_env("ALE/Breakout-v5", 0, training=True)
     obs, _ = env.reset(seed=0)
     for _ in range(20):
         obs, *_ = env.step(env.action_space.sample())
     assert obs.shape == (1, 42, 42) and obs.dtype == np.float32
-    assert abs(float(obs.mean())) < 5
+    assert 0.0 <= obs.min() and obs.max() <= 1.0 and obs.max() > 0.2
+    screen = env.unwrapped.ale.getScreenGrayscale()[34:194]
+    expected = cv2.resize(screen, (42, 42), interpolation=cv2.INTER_AREA) / 255.0
+    np.testing.assert_allclose(obs[0], expected, atol=1e-6)
     assert frames_per_step("ALE/Breakout-v5") == 4
 
 
-def test_training_ends_episodes_at_a_lost_life_but_evaluation_plays_the_whole_game():
-    def episode_lives(training: bool) -> tuple[int, dict]:
-        env = make_env("ALE/Breakout-v5", 1, training=training)
-        env.reset(seed=1)
-        while True:
-            _, _, terminated, truncated, info = env.step(0)  # never moves: loses every ball
-            if terminated or truncated:
-                return info["lives"], info
+def _play(env, action, until, limit=5000):
+    """Step `action` until `until(terminated, truncated, info)`; the step count and info."""
+    for steps in range(1, limit + 1):
+        _, _, terminated, truncated, info = env.step(action)
+        if until(terminated, truncated, info):
+            return steps, terminated, info
+    raise AssertionError(f"nothing happened in {limit} steps")
 
-    lives, _ = episode_lives(training=True)
-    assert lives == 4
-    lives, info = episode_lives(training=False)
-    assert lives == 0 and "game_score" in info
+
+def test_training_signals_a_lost_life_but_the_game_goes_on():
+    env = make_env("ALE/Breakout-v5", 1, training=True)
+    env.reset(seed=1)
+    # NOOP never moves the paddle: the ball served at game start is lost.
+    _, terminated, info = _play(env, 0, lambda term, trunc, info: info["life_lost"] or term)
+    assert info["life_lost"] and not terminated and info["lives"] == 4
+    _, _, _, _, info = env.step(0)
+    assert not info["life_lost"], "the signal marks one step only"
+
+
+def test_nobody_serves_for_the_agent_after_a_lost_life():
+    """FIRE is pressed at game start only, in training as in evaluation."""
+    for training in (True, False):
+        env = make_env("ALE/Breakout-v5", 2, training=training)
+        env.reset(seed=2)
+        _play(env, 0, lambda term, trunc, info: info["lives"] < 5)
+        _, _, terminated, truncated, info = env.step(0)
+        for _ in range(300):  # an agent that never fires keeps its 4 lives
+            _, _, terminated, truncated, info = env.step(0)
+        assert info["lives"] == 4 and not (terminated or truncated)
+        _play(env, 1, lambda term, trunc, info: info["lives"] < 4)  # FIRE serves
+
+
+def test_every_game_starts_served():
+    """A NOOP agent loses its first ball in every game: FIRE was pressed for it at the start."""
+    for seed in range(10):
+        env = make_env("ALE/Breakout-v5", seed, training=False)
+        env.reset(seed=seed)
+        _play(env, 0, lambda term, trunc, info: info["lives"] < 5, limit=400)
+        env.close()
+
+
+def test_every_emulator_frame_of_a_game_is_counted():
+    """The no-op start and the FIRE that the wrappers play count like the agent's frames:
+    the game's frames equal the emulator's own episode frame counter."""
+    env = make_env("ALE/Breakout-v5", 3, training=False)
+    _, info = env.reset(seed=3)
+    at_reset = info["frames_total"]
+    steps, _, info = _play(env, 1, lambda term, trunc, info: term or trunc, limit=20000)
+    assert info["lives"] == 0
+    assert info["game_frames"] == info["episode_frame_number"] > 4 * steps
+    assert 4 * (steps - 1) < info["frames_total"] - at_reset <= 4 * steps
 
 
 def test_vector_env_reports_raw_game_scores():
@@ -49,18 +92,3 @@ def test_vector_observations_are_scaled_by_their_bounds():
     for _ in range(100):
         obs, *_ = env.step(env.action_space.sample())
         assert np.all(np.abs(obs) <= 1.0 + 1e-6)
-
-
-def test_every_ball_is_served_under_sticky_actions():
-    """An agent that never presses FIRE still plays every ball: no game idles to the cap."""
-    for seed in range(30):
-        env = make_env("ALE/Breakout-v5", seed, training=False)
-        env.reset(seed=seed)
-        steps, truncated = 0, False
-        while True:
-            _, _, terminated, truncated, info = env.step(0)  # NOOP
-            steps += 1
-            if terminated or truncated:
-                break
-        assert not truncated and info["lives"] == 0, f"seed {seed}: game idled for {steps} steps"
-        env.close()
