@@ -122,8 +122,12 @@ class Config(BaseSettings):
     """Score reported is the mean over the last this-many evaluation episodes."""
     eval_interval: float = Field(5.0, ge=0.0)
     """Seconds of rest between the end of one evaluation game and the next (CPU for workers)."""
-    eval_policy: EvalPolicy = "greedy"
-    """greedy (argmax) or sample from the policy when evaluating."""
+    eval_policy: EvalPolicy = "sample"
+    """sample (the stochastic policy A3C trains, the default) or greedy (argmax). Greedy play
+    of an entropy-regularised policy is a policy nobody trained: once no ball is in play, a
+    frame that does not change gives the same argmax forever, and a greedy Breakout agent
+    that prefers to move over serving parks its paddle until the 108,000-frame cap (at 2.5M
+    frames most greedy evaluation games did; docs/learning.md)."""
     eval_log: Path | None = None
     """Append one JSON line per evaluation episode here (the run directory's eval.jsonl)."""
     best_model_path: Path | None = None
@@ -138,6 +142,9 @@ class Config(BaseSettings):
     target_score: float | None = None
     """Stop the run early once the evaluation mean reaches this."""
     progress_interval: float = Field(5.0, gt=0.0)
+    run_evaluator: bool = True
+    """`a3c run` starts an evaluator beside the workers. The learning benchmark turns it off
+    and scores its frame marks afterwards, so training has both cores to itself."""
 
     # --- Offline tools (`a3c evaluate`, `a3c record`) -------------------------------------
     checkpoint: Path | None = None

@@ -1,7 +1,7 @@
 """Environment construction: Atari preprocessing for training and evaluation, vector envs.
 
-Atari (`ALE/*`): grey frames cropped to the playing field, resized to 42x42 and scaled to
-[0, 1] (no running statistics), FIRE once at game start, and for training only clipped
+Atari (`ALE/*`): grey frames cropped to the playing field, resized to 42x42 and standardised
+by their own mean and std (no running statistics), FIRE once at game start, and for training only clipped
 rewards and a lost-life signal that ends the return. Training and evaluation play the same
 game the same way: the agent serves after a lost life by itself, and nothing is reset or
 played for it in between. Evaluation is the standard protocol (DESIGN section 1): full games,
@@ -147,12 +147,22 @@ class LifeLossSignal(gym.Wrapper):
         return obs, reward, terminated, truncated, {**info, "life_lost": lost}
 
 
+def standardize_frame(frame: np.ndarray) -> np.ndarray:
+    """A frame scaled to zero mean and unit variance by its own statistics.
+
+    It depends on this frame alone, so a screen means the same to the model in every worker,
+    in the evaluator and in `a3c evaluate`, whatever was played before it. The scale matters:
+    on a mostly black Breakout frame (mean 0.15, std 0.23 in [0, 1]) the ball's faint dot
+    becomes about 4x larger than in plain [0, 1] pixels, which is where the first conv layer
+    has to find it."""
+    frame = frame.astype(np.float32) * (1.0 / 255.0)
+    std = float(frame.std())
+    return (frame - float(frame.mean())) / (std if std > 1e-6 else 1.0)
+
+
 def _preprocess_frames(env: gym.Env) -> gym.Env:
     """Crop the playing field (rows 34-193), resize to 42x42 by area averaging (so the
-    2-pixel ball survives as a faint dot), scale to [0, 1], add a channel.
-
-    The scaling is fixed, not a running statistic: a frame means the same to the model in
-    every worker, in the evaluator and in `a3c evaluate`, whatever was played before it."""
+    2-pixel ball survives as a faint dot), standardise, add a channel."""
     crop = gym.wrappers.TransformObservation(
         env,
         lambda frame: frame[34:194],
@@ -161,8 +171,8 @@ def _preprocess_frames(env: gym.Env) -> gym.Env:
     resized = gym.wrappers.ResizeObservation(crop, (FRAME_SIZE, FRAME_SIZE))
     return gym.wrappers.TransformObservation(
         resized,
-        lambda frame: (frame.astype(np.float32) * (1.0 / 255.0))[None],
-        gym.spaces.Box(0.0, 1.0, (1, FRAME_SIZE, FRAME_SIZE), np.float32),
+        lambda frame: standardize_frame(frame)[None],
+        gym.spaces.Box(-np.inf, np.inf, (1, FRAME_SIZE, FRAME_SIZE), np.float32),
     )
 
 

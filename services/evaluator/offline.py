@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 
+from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import MODEL_KEYS, load_checkpoint
 from common.config import Config
 from common.envs import (
@@ -49,6 +50,15 @@ def load_policy(config: Config) -> tuple[ActorCritic, dict]:
         raise SystemExit(2)
     model.load_state_dict({k: v.float() for k, v in state["model"].items()})
     model.eval()
+    trained_with = int(state.get("algorithm_version", 1))
+    if trained_with != ALGORITHM_VERSION:
+        log.warning(
+            "%s was trained with algorithm version %d, this is version %d: its inputs or "
+            "protocol differ (common/a3c.py), so its score here says little about it",
+            config.checkpoint,
+            trained_with,
+            ALGORITHM_VERSION,
+        )
     return model, state
 
 
@@ -77,6 +87,7 @@ def evaluate_checkpoint(config: Config) -> dict:
         "env": config.env,
         "checkpoint": str(config.checkpoint),
         "model_version": int(state.get("model_version", -1)),
+        "algorithm_version": int(state.get("algorithm_version", 1)),
         "train_frames": int(state.get("frames", -1)),
         "episodes": len(scores),
         "scores": scores,

@@ -152,13 +152,17 @@ class LocalCluster:
                 common,
                 worker_id=f"worker-{i}",
             )
-        self.evaluator = self._child(
-            "evaluator",
-            "services.evaluator",
-            common,
-            worker_id="evaluator",
-            eval_log=self.eval_log,
-            best_model_path=self.run_dir / "best.pt",
+        self.evaluator = (
+            self._child(
+                "evaluator",
+                "services.evaluator",
+                common,
+                worker_id="evaluator",
+                eval_log=self.eval_log,
+                best_model_path=self.run_dir / "best.pt",
+            )
+            if config.run_evaluator
+            else None
         )
         (self.run_dir / "config.json").write_text(
             json.dumps(

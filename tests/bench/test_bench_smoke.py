@@ -88,3 +88,57 @@ def test_hogwild_adam_updates_the_shared_statistics_in_place():
     assert all(float(m.abs().sum()) > 0 for _, m, _ in state)
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     assert all(t.is_shared() for entry in state for t in entry)
+
+
+def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_path):
+    """Two marks on CartPole, a few games each; a second call with a later mark trains only
+    the frames it lacks and re-scores nothing it already scored."""
+    runs, out = tmp_path / "runs", tmp_path / "learning.json"
+    base = [
+        sys.executable, "-m", "bench.learning", "--env", "CartPole-v1", "--seeds", "1,2",
+        "--episodes", "3", "--runs-dir", str(runs), "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*base, "--frames", "8000", "--marks", "4000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert [mark["frames"] for mark in result["marks"]] == [4000, 8000]
+    assert result["algorithm_version"] >= 2 and result["config"]["env"] == "CartPole-v1"
+    for mark in result["marks"]:
+        lo, hi = mark["ci95"]
+        assert lo <= mark["mean_score"] <= hi
+        assert [entry["seed"] for entry in mark["per_seed"]] == [1, 2]
+        for entry in mark["per_seed"]:
+            assert len(entry["scores"]) == 3 and entry["frames"] >= mark["frames"]
+    assert out.with_suffix(".md").read_text().startswith("# Learning benchmark")
+
+    first_frames = result["marks"][-1]["per_seed"][0]["frames"]
+    done = subprocess.run(
+        [*base, "--frames", "16000", "--marks", "4000,8000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    again = json.loads(out.read_text())
+    assert [mark["frames"] for mark in again["marks"]] == [4000, 8000, 16000]
+    assert again["marks"][1]["per_seed"][0]["frames"] == first_frames
+    assert again["marks"][2]["per_seed"][0]["frames"] >= 16000
+
+
+def test_learning_marks_always_end_at_the_last_frame_count():
+    from bench.learning import marks_for
+
+    assert marks_for(10_000_000, None) == [2_500_000, 5_000_000, 10_000_000]
+    assert marks_for(5_000_000, None) == [2_500_000, 5_000_000]
+    assert marks_for(1_000, [500, 2_000]) == [500, 1_000]
+
+
+def test_learning_interval_covers_the_mean_and_narrows_with_more_games():
+    from bench.learning import bootstrap_ci
+
+    few = bootstrap_ci([[0.0, 10.0, 5.0], [2.0, 8.0, 4.0]])
+    many = bootstrap_ci([[0.0, 10.0, 5.0] * 20, [2.0, 8.0, 4.0] * 20])
+    assert few[0] <= 29 / 6 <= few[1] and many[0] <= 29 / 6 <= many[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    assert bootstrap_ci([[3.0, 3.0]]) == [3.0, 3.0]

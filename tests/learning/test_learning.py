@@ -87,13 +87,17 @@ def test_a_short_breakout_run_goes_through_the_whole_pipeline(tmp_path):
     )
     assert summary["stopped_by"] == "duration"
     defaults = Config()
-    frames_per_update = defaults.n_steps * defaults.num_envs * 4  # frameskip 4
-    assert summary["updates"] >= 20 and summary["frames"] >= 20 * frames_per_update
-    assert summary["frames"] == summary["updates"] * frames_per_update
+    agent_frames_per_update = defaults.n_steps * defaults.num_envs * 4  # frameskip 4
+    assert summary["updates"] >= 20
+    # Every emulator frame counts: the wrappers' no-op starts and FIRE presses too (a step
+    # that ends a game stops inside its frameskip, a few frames in a thousand).
+    assert summary["frames"] >= 0.99 * summary["updates"] * agent_frames_per_update
     games = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert games, "no evaluation game finished"
     first = games[0]
-    assert first["episode_frames"] > 0 and first["score"] >= 0 and not first["truncated"]
-    assert first["version"] >= 0 and first["policy"] == "greedy"
+    # An untrained agent may never serve after its first lost ball: then the game ends at
+    # the protocol's frame cap, which is still a whole game.
+    assert 0 < first["episode_frames"] <= 108_000 and first["score"] >= 0
+    assert first["version"] >= 0 and first["policy"] == "sample"
     assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))
     assert json.loads((run_dir / "config.json").read_text())["env"] == "ALE/Breakout-v5"

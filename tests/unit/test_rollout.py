@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from common.a3c import gae
 from common.config import Config
 from common.envs import env_spaces, make_vector_env
 from common.model import ActorCritic
-from common.a3c import gae
 from common.rollout import RolloutRunner
 
 

@@ -14,7 +14,7 @@ def test_training_and_evaluation_seeds_never_meet():
     for base in (0, 1, 7, 2**40):
         for name in ("worker-0", "host-123", ""):
             seed = worker_seed(base, name)
-            assert 0 <= seed and seed + MAX_ENVS_PER_WORKER <= TRAINING_SEEDS
+            assert seed >= 0 and seed + MAX_ENVS_PER_WORKER <= TRAINING_SEEDS
         games = [evaluation_seed(base, game) for game in range(100)]
         assert all(TRAINING_SEEDS <= seed < 2**32 for seed in games)
         assert len(set(games)) == 100
