@@ -47,9 +47,9 @@ def run_system(
     config: Config, seconds: float = 60.0, warmup: float = 20.0, evaluator: bool = True
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="a3c-bench-system-") as tmp:
-        cluster = LocalCluster(config.model_copy(update={"run_dir": Path(tmp)}))
-        if not evaluator:
-            cluster.children.remove(cluster.evaluator)
+        cluster = LocalCluster(
+            config.model_copy(update={"run_dir": Path(tmp), "run_evaluator": evaluator})
+        )
         try:
             for child in cluster.children:
                 child.start(cluster.env)
@@ -90,7 +90,7 @@ def _measure(
     workers = _workers(cluster)
     pids = {c.name: c.process.pid for c in cluster.children if c.process is not None}
     cpu = CpuWindow(pids)
-    evaluator_port = cluster.evaluator.metrics_port if evaluator else None
+    evaluator_port = cluster.evaluator.metrics_port if cluster.evaluator is not None else None
     eval_before = scrape(evaluator_port) if evaluator_port else {}
     learner_before = scrape(cluster.learner.metrics_port)
     workers_before = [scrape(w.metrics_port) for w in workers]

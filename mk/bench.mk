@@ -20,7 +20,7 @@ bench-quick: setup
 # Learning per frame (docs/learning.md): Breakout from scratch with the defaults, training seeds
 # one after another, each mark's model scored over 30 full games afterwards; writes
 # bench/learning.json and bench/learning.md. Defaults: seeds 1,2, marks 2.5M, 5M, 10M (about
-# an hour per seed here). Training resumes from runs/learning/ when called again.
+# an hour per seed here). Training resumes from bench/learning/runs/ when called again.
 #   make bench-learning LEARNING_ARGS='--seeds 1 --frames 5000000'
 #   make bench-learning LEARNING_ARGS='--name lr1e-4 --set lr=1e-4'   a variant
 #   make bench-learning LEARNING_ARGS='--quick'                       CartPole-v1 + Acrobot-v1

@@ -10,6 +10,8 @@ import statistics
 import sys
 import time
 
+import torch
+
 from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import MODEL_KEYS, load_checkpoint
 from common.config import Config
@@ -64,6 +66,9 @@ def load_policy(config: Config) -> tuple[ActorCritic, dict]:
 
 def evaluate_checkpoint(config: Config) -> dict:
     setup_logging("evaluate", str(config.checkpoint), config.log_level, config.log_format)
+    # One game is a chain of batch-1 steps: extra intra-op threads only spin, and two
+    # evaluations side by side (the learning benchmark) then ran 10-30x slower.
+    torch.set_num_threads(1)
     model, state = load_policy(config)
     env = make_env(config.env, evaluation_seed(config.seed, 0), training=False)
     scores, frames = [], []

@@ -92,7 +92,10 @@ def test_hogwild_adam_updates_the_shared_statistics_in_place():
 
 def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_path):
     """Two marks on CartPole, a few games each; a second call with a later mark trains only
-    the frames it lacks and re-scores nothing it already scored."""
+    the frames it lacks, from the learner's checkpoint or, where that is gone (a fresh clone
+    keeps only the exported marks), from the newest mark's model."""
+    import shutil
+
     runs, out = tmp_path / "runs", tmp_path / "learning.json"
     base = [
         sys.executable, "-m", "bench.learning", "--env", "CartPole-v1", "--seeds", "1,2",
@@ -115,6 +118,7 @@ def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_
     assert out.with_suffix(".md").read_text().startswith("# Learning benchmark")
 
     first_frames = result["marks"][-1]["per_seed"][0]["frames"]
+    shutil.rmtree(runs / "default" / "seed-2" / "checkpoints")
     done = subprocess.run(
         [*base, "--frames", "16000", "--marks", "4000,8000"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -124,6 +128,8 @@ def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_
     assert [mark["frames"] for mark in again["marks"]] == [4000, 8000, 16000]
     assert again["marks"][1]["per_seed"][0]["frames"] == first_frames
     assert again["marks"][2]["per_seed"][0]["frames"] >= 16000
+    seed_2 = [mark["per_seed"][1]["frames"] for mark in again["marks"]]
+    assert seed_2[2] >= 16000 and seed_2[2] - seed_2[1] < 16000, "warm start kept the frames"
 
 
 def test_learning_marks_always_end_at_the_last_frame_count():

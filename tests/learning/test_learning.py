@@ -36,24 +36,21 @@ def a3c_run(tmp_path, *args, timeout):
     return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
-def test_cartpole_is_solved_within_500k_frames(tmp_path):
-    """Greedy evaluation mean >= 475 over 10 full episodes, 2 workers, at most 500k frames.
-    Measured here: solved after ~150-250k frames (DESIGN's plain Hogwild needed 80k-160k
-    for good seeds and failed for others; reward normalisation removes that seed lottery)."""
+def test_cartpole_is_solved_within_500k_frames_with_the_defaults(tmp_path):
+    """Greedy evaluation mean >= 475 over 10 full episodes with the default algorithm (2
+    workers, 16 envs x 5 steps per gradient, Adam lr 3e-4), at most 500k frames. Measured
+    with `make bench-learning LEARNING_ARGS=--quick`: seeds 1 and 2 both at 500.0 after 500k
+    frames (bench/learning/); 16 x 20 steps per gradient left them at 324.6 and 367.7."""
     run_dir, summary = a3c_run(
         tmp_path,
         "--env",
         "CartPole-v1",
         "--workers",
         "2",
-        "--lr",
-        "1e-3",
-        # The classic one env per worker: solved after ~40k frames here, far inside the
-        # bound. (16 envs per worker also solves it, after ~285k frames in the same time.)
-        "--num-envs",
-        "1",
         "--seed",
-        "0",
+        "1",
+        "--eval-policy",
+        "greedy",
         "--max-frames",
         "500000",
         "--target-score",
