@@ -55,8 +55,8 @@ def load_policy(config: Config) -> tuple[ActorCritic, dict]:
     trained_with = int(state.get("algorithm_version", 1))
     if trained_with != ALGORITHM_VERSION:
         log.warning(
-            "%s was trained with algorithm version %d, this is version %d: its inputs or "
-            "protocol differ (common/a3c.py), so its score here says little about it",
+            "%s was trained with algorithm version %d, this is version %d: it is scored "
+            "under another preprocessing or protocol than it learned with (common/a3c.py)",
             config.checkpoint,
             trained_with,
             ALGORITHM_VERSION,

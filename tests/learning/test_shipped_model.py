@@ -1,6 +1,7 @@
-"""The shipped Breakout model beats a random policy (about 1.7) by a wide margin, and a human
-(30.5), under the standard evaluation protocol. Seeds are fixed, so the outcome is the same on
-every run (measured: 61.4 over these 5 games, 60.1 over 10; models/README.md)."""
+"""The shipped Breakout model beats a random policy (1.2 under this protocol) by a wide margin,
+and a human (30.5), under the standard evaluation protocol: it serves by itself after a lost
+life, actions sampled. Seeds and sampling are fixed, so the outcome is the same on every run
+(measured: 56.5 over 90 games on evaluation seeds 1-3; models/README.md)."""
 
 import json
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 from tests.conftest import REPO
 
-RANDOM_POLICY_SCORE = 1.7
+RANDOM_POLICY_SCORE = 1.2
 HUMAN_SCORE = 30.5
 
 
