@@ -17,9 +17,11 @@ def cli_values(*argv: str) -> dict:
 
 def test_defaults_match_the_design():
     config = load_config({})
+    # DESIGN's 20-step rollouts are the classic's, for one env per gradient; with 16 envs
+    # per gradient the default is 5 steps (4x the optimizer steps per frame; docs/learning.md).
     assert (config.env, config.n_steps, config.gamma, config.gae_lambda) == (
         "ALE/Breakout-v5",
-        20,
+        5,
         0.99,
         1.0,
     )
