@@ -66,8 +66,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def marks_for(frames: int, marks: list[int] | None) -> list[int]:
-    chosen = sorted({m for m in (marks or DEFAULT_MARKS) if m < frames} | {frames})
-    return chosen
+    return sorted({m for m in (marks or DEFAULT_MARKS) if m < frames} | {frames})
 
 
 def commit() -> str:
@@ -107,7 +106,6 @@ def train_to_marks(
             warm_start = Path(records[-1]["model"])
             state = load_checkpoint(warm_start, MODEL_KEYS)
         done = int(state["frames"]) if state else 0
-        wall_before = _wall(run_dir)
         if done < mark:
             config = load_config(
                 {
@@ -119,8 +117,7 @@ def train_to_marks(
                 }
             )
             summary = LocalCluster(config).run()
-            wall_before += summary["wall_s"]
-            _remember_wall(run_dir, wall_before)
+            _remember_wall(run_dir, _wall(run_dir) + summary["wall_s"])
             if summary["stopped_by"] != "max_frames":
                 raise BenchmarkStopped(f"{run_dir}: training stopped by {summary['stopped_by']}")
             state, _ = load_newest(run_dir / "checkpoints")
@@ -244,7 +241,7 @@ def run_benchmark(
         "progress_interval": 30.0,
         **overrides,
     }
-    reference = load_config({k: v for k, v in config_values.items()})
+    reference = load_config(config_values)
     per_seed: dict[int, list[dict[str, Any]]] = {}
     started = time.monotonic()
     for seed in seeds:
@@ -278,7 +275,7 @@ def run_benchmark(
         "seeds": seeds,
         "episodes_per_mark": episodes,
         "eval_seed": EVAL_SEED,
-        "eval_protocol": report_protocol(reports),
+        "eval_protocol": dict(reports[0].get("protocol", {})) if reports else {},
         "overrides": overrides,
         "config": _learning_config(reference),
         "frames_per_s": round(total_frames / total_wall, 1) if total_wall else None,
@@ -286,10 +283,6 @@ def run_benchmark(
         "train_wall_s_this_call": round(train_s, 1),
         "marks": summarise_marks(chosen, per_seed),
     }
-
-
-def report_protocol(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(reports[0].get("protocol", {})) if reports else {}
 
 
 def _learning_config(config: Config) -> dict[str, Any]:

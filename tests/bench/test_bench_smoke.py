@@ -101,12 +101,13 @@ def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_
         sys.executable, "-m", "bench.learning", "--env", "CartPole-v1", "--seeds", "1,2",
         "--episodes", "3", "--runs-dir", str(runs), "--out", str(out),
     ]  # fmt: skip
-    done = subprocess.run(
-        [*base, "--frames", "8000", "--marks", "4000"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
+
+    def bench(*args: str) -> dict:
+        done = subprocess.run([*base, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return json.loads(out.read_text())
+
+    result = bench("--frames", "8000", "--marks", "4000")
     assert [mark["frames"] for mark in result["marks"]] == [4000, 8000]
     assert result["algorithm_version"] >= 2 and result["config"]["env"] == "CartPole-v1"
     for mark in result["marks"]:
@@ -119,12 +120,7 @@ def test_the_learning_benchmark_trains_to_its_marks_scores_them_and_resumes(tmp_
 
     first_frames = result["marks"][-1]["per_seed"][0]["frames"]
     shutil.rmtree(runs / "default" / "seed-2" / "checkpoints")
-    done = subprocess.run(
-        [*base, "--frames", "16000", "--marks", "4000,8000"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    again = json.loads(out.read_text())
+    again = bench("--frames", "16000", "--marks", "4000,8000")
     assert [mark["frames"] for mark in again["marks"]] == [4000, 8000, 16000]
     assert again["marks"][1]["per_seed"][0]["frames"] == first_frames
     assert again["marks"][2]["per_seed"][0]["frames"] >= 16000
