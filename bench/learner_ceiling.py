@@ -232,7 +232,7 @@ def _summarise(
         "max_at": {k: best_phase[k] for k in ("senders", "wire_dtype", "sync_interval")},
         "default_wire_max_updates_per_s": max(p["updates_per_s"] for p in by_wire[default]),
         "by_wire": wires,
-        # The bytes_per_update (float32 and float16): every ack carries the weights.
+        # Bytes per update (float32 and float16) where every ack carries the weights.
         "bytes_per_update": {dtype: w["bytes_per_update"] for dtype, w in every_ack.items()},
         "scaling": phases,
         "configuration": {

@@ -156,7 +156,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 def summarise(
     args: argparse.Namespace, details: dict[str, Any], errors: dict[str, str]
 ) -> dict[str, Any]:
-    """The headline figures the issue asks for, each with its configuration and load."""
+    """The headline figures (frames/s, updates/s, bytes per update, the learner's ceiling),
+    each with its configuration and load."""
     system = details.get("system")
     hogwild_runs = details.get("hogwild") or []
     ceiling = details.get("learner_ceiling")

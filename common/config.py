@@ -1,29 +1,29 @@
 """The one typed configuration of every service: defaults < `A3C_*` env vars < CLI flags.
 
-All roles share one flat config (as in seed_rl: one program, every flag everywhere), so a
-ConfigMap or a compose `.env` can set anything for any role with `A3C_<FIELD>`. Validation
-runs in one pass and reports every invalid value at once; `services.cli` turns that into a
-clear message and exit code 2 before anything starts.
+All roles share one flat config, so a ConfigMap or a compose `.env` can set anything for any
+role with `A3C_<FIELD>`; each command's flags are only the fields it reads (COMMAND_FIELDS),
+so a flag that would change nothing is refused. Validation runs in one pass and reports every
+invalid value at once, as a ConfigError that `services.cli` turns into exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.errors import UsageError
 
 GradDtype = Literal["float32", "float16", "bfloat16"]
 EvalPolicy = Literal["greedy", "sample"]
 LogFormat = Literal["text", "json"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """Every invalid setting, one per line, ready to print."""
 
 
@@ -139,6 +139,7 @@ class Config(BaseSettings):
 
     # --- Local embedded cluster (`a3c run`) ---------------------------------------------
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    """Worker processes `a3c run` starts; one per CPU core by default."""
     max_frames: int | None = Field(None, ge=1)
     duration: float | None = Field(None, gt=0.0)
     run_dir: Path | None = None
@@ -199,12 +200,17 @@ class Config(BaseSettings):
         data["auth_key_set"] = self.auth_key is not None
         return data
 
-    def to_cli_args(self, **overrides: Any) -> list[str]:
-        """Flags that reproduce this config (plus overrides) in a child process."""
-        values = {**self.model_dump(exclude={"auth_key"}), **overrides}
+    def to_cli_args(self, command: str, **overrides: Any) -> list[str]:
+        """Flags that reproduce this config (plus overrides) for `a3c <command>` in a child
+        process: only the command's own fields; overrides it does not read are left out."""
+        unknown = set(overrides) - set(Config.model_fields)
+        if unknown:
+            raise ValueError(f"not settings: {sorted(unknown)}")
+        fields = set(COMMAND_FIELDS[command]) - {"auth_key"}
+        values = {**self.model_dump(include=fields), **overrides}
         args: list[str] = []
         for name, value in values.items():
-            if value is None:
+            if value is None or name not in fields:
                 continue
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
@@ -212,6 +218,59 @@ class Config(BaseSettings):
             else:
                 args += [flag, str(value)]
         return args
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+_SERVICE = _names(
+    "max_message_bytes auth_key auth_key_file log_level log_format metrics_host metrics_port"
+)
+"""What every service reads: its sessions' limits and key, and `start_service`'s settings."""
+_LEARNER = _names(
+    "env lr host port checkpoint_dir init_from checkpoint_interval keep_checkpoints"
+    " max_staleness worker_timeout publish_interval heartbeat_interval"
+)
+_WORKER = _names(
+    "env seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef value_coef"
+    " max_grad_norm normalize_advantages normalize_rewards grad_dtype sync_interval"
+    " max_inflight learner worker_id learner_timeout heartbeat_interval"
+)
+_EVALUATOR = _names(
+    "env seed learner worker_id eval_window eval_interval eval_policy eval_log best_model_path"
+)
+SET_BY_LAUNCHER = frozenset(
+    _names(
+        "host port learner metrics_host metrics_port log_format"
+        " checkpoint_dir worker_id eval_log best_model_path"
+    )
+)
+"""What `a3c run` sets itself for its children (loopback addresses, free ports, the run
+directory's paths), so `a3c run` has no flag for them."""
+_LAUNCHER = _names(
+    "workers max_frames duration run_dir target_score progress_interval run_evaluator"
+)
+_PLAY = _names("checkpoint env seed eval_policy out log_level log_format")
+
+COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
+    "run": tuple(
+        dict.fromkeys(
+            name
+            for name in (*_LAUNCHER, *_LEARNER, *_WORKER, *_EVALUATOR, *_SERVICE)
+            if name not in SET_BY_LAUNCHER
+        )
+    ),
+    "learner": _LEARNER + _SERVICE,
+    "worker": _WORKER + _SERVICE,
+    "evaluator": _EVALUATOR + _SERVICE,
+    "evaluate": (*_PLAY, "episodes"),
+    "record": _PLAY,
+    "plot": ("run_dir", "out", "eval_window"),
+    "export": ("checkpoint", "out"),
+}
+"""The fields each command reads, and so its flags. A3C_* env vars are read for every field
+by every command (one ConfigMap serves all roles); a flag is accepted only where it acts."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -222,33 +281,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not port.isdigit() or not 1 <= int(port) <= 65534:
         raise ValueError(f"{address!r} has no valid port (1-65534; the next port is used too)")
     return host, int(port)
-
-
-def _scalar_type(annotation: Any) -> Any:
-    """The non-None member of an Optional annotation."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        members = [arg for arg in get_args(annotation) if arg is not type(None)]
-        return members[0] if len(members) == 1 else str
-    return annotation
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--kebab-case` flag per config field; unset flags stay out of the namespace so that
-    env vars and defaults keep their precedence."""
-    for name, field in Config.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = _scalar_type(field.annotation)
-        help_text = (field.description or "").split("\n")[0] or None
-        if kind is bool:
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS
-            )
-        elif get_origin(kind) is Literal:
-            parser.add_argument(
-                flag, dest=name, choices=get_args(kind), default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
 
 
 def load_config(cli_values: dict[str, Any] | None = None) -> Config:

@@ -213,7 +213,6 @@ class Health:
     def __init__(self, stale_after: float = 30.0) -> None:
         self.stale_after = stale_after
         self._last_tick = time.monotonic()
-        self.detail: dict[str, object] = {}
 
     def tick(self) -> None:
         self._last_tick = time.monotonic()

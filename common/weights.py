@@ -72,12 +72,6 @@ class FlatParameters:
         return {"state": {0: merged} if merged else {}, "param_groups": [group]}
 
 
-def parameter_vector(model: nn.Module) -> np.ndarray:
-    """A float32 snapshot of all parameters (a copy: safe to send while training goes on)."""
-    with torch.no_grad():
-        return torch.nn.utils.parameters_to_vector(model.parameters()).numpy()
-
-
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
     """A zero-copy tensor view of a (possibly read-only, received) array; it is only read."""
     with warnings.catch_warnings():

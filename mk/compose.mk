@@ -13,7 +13,11 @@ COMPOSE ?= docker compose
 COMPOSE_FILES := -f docker-compose.yml $(if $(OFFLINE),-f docker-compose.offline.yml)
 DEPLOY_SCRIPTS := deploy/scripts
 
-.PHONY: image up down logs test-compose
+.PHONY: image up down logs test-compose env-example
+
+## Rewrite .env.example from common/config.py (a unit test keeps the two equal).
+env-example: setup
+	$(BIN)/python deploy/env_example.py
 
 ## Build the one image of every role (OFFLINE=1: from a local base image and wheelhouse/).
 image:

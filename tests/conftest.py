@@ -101,22 +101,22 @@ class Cluster:
         name = name or role
         metrics_port = free_port()
         log_path = self.tmp_path / f"{name}.log"
+        # Each role takes only the flags it reads: the learner binds, the others connect.
+        checkpoints = str(self.tmp_path / "ckpt")
+        wiring = (
+            ["--host", "127.0.0.1", "--port", str(self.port), "--checkpoint-dir", checkpoints]
+            if role == "learner"
+            else ["--learner", self.address]
+        )
         command = [
             sys.executable,
             "-m",
             f"services.{role}",
             "--env",
             self.env_id,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--learner",
-            self.address,
             "--metrics-port",
             str(metrics_port),
-            "--checkpoint-dir",
-            str(self.tmp_path / "ckpt"),
+            *wiring,
             *args,
         ]
         with log_path.open("ab") as log:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import time
 
 import torch
@@ -23,6 +22,7 @@ from common.envs import (
     is_atari,
     make_env,
 )
+from common.errors import UsageError
 from common.evaluation import play_episode
 from common.logs import setup_logging
 from common.model import ActorCritic
@@ -33,23 +33,21 @@ log = logging.getLogger("evaluate")
 
 
 def load_policy(config: Config) -> tuple[ActorCritic, dict]:
+    """The saved model behind `config.checkpoint`, ready to play; UsageError when there is
+    none or it does not fit `config.env`."""
     if config.checkpoint is None:
-        print("a3c evaluate: --checkpoint PATH is required", file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError("--checkpoint PATH is required")
     try:
         state = load_checkpoint(config.checkpoint, MODEL_KEYS)
     except (ValueError, FileNotFoundError) as error:
-        print(f"a3c evaluate: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(error)) from None
     obs_shape, n_actions = env_spaces(config.env)
     model = ActorCritic(obs_shape, n_actions)
     if state["layout"] != layout_digest(model):
-        print(
-            f"a3c evaluate: {config.checkpoint} was trained on {state.get('env', 'another env')}, "
-            f"not {config.env} (pass --env)",
-            file=sys.stderr,
+        raise UsageError(
+            f"{config.checkpoint} was trained on {state.get('env', 'another env')}, "
+            f"not {config.env} (pass --env)"
         )
-        raise SystemExit(2)
     model.load_state_dict({k: v.float() for k, v in state["model"].items()})
     model.eval()
     trained_with = int(state.get("algorithm_version", 1))

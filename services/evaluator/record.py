@@ -4,13 +4,13 @@ score drawn on every frame. Needs the `viz` extra (pillow)."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import numpy as np
 
 from common.config import Config
 from common.envs import make_env
+from common.errors import UsageError
 from common.evaluation import play_episode
 from common.logs import setup_logging
 from common.seeding import evaluation_seed
@@ -27,11 +27,9 @@ def record_game(config: Config) -> dict[str, Any]:
     try:
         from PIL import Image, ImageDraw
     except ImportError:
-        print("a3c record: needs pillow: pip install 'a3c-breakout[viz]'", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError("needs pillow: pip install 'a3c-breakout[viz]'") from None
     if config.out is None:
-        print("a3c record: --out FILE.gif is required", file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError("--out FILE.gif is required")
     model, state = load_policy(config)
     env = make_env(
         config.env, evaluation_seed(config.seed, 0), training=False, render_mode="rgb_array"

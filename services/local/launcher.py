@@ -143,19 +143,19 @@ class LocalCluster:
         }
         self.children: list[Child] = []
         self.learner = self._child(
-            "learner", "services.learner", common, checkpoint_dir=self.run_dir / "checkpoints"
+            "learner", "learner", common, checkpoint_dir=self.run_dir / "checkpoints"
         )
         for i in range(config.workers):
             self._child(
                 f"worker-{i}",
-                "services.worker",
+                "worker",
                 common,
                 worker_id=f"worker-{i}",
             )
         self.evaluator = (
             self._child(
                 "evaluator",
-                "services.evaluator",
+                "evaluator",
                 common,
                 worker_id="evaluator",
                 eval_log=self.eval_log,
@@ -180,9 +180,12 @@ class LocalCluster:
         if config.auth_key is not None:
             self.env["A3C_AUTH_KEY"] = config.auth_key.get_secret_value()
 
-    def _child(self, name: str, module: str, common: dict[str, Any], **overrides: Any) -> Child:
+    def _child(self, name: str, role: str, common: dict[str, Any], **overrides: Any) -> Child:
+        """A `python -m services.<role>` child with this run's settings; `common` holds what
+        every child gets (SET_BY_LAUNCHER), each role takes the flags it reads from it."""
         metrics_port = free_port()
-        args = [module, *self.config.to_cli_args(**common, metrics_port=metrics_port, **overrides)]
+        flags = self.config.to_cli_args(role, **common, metrics_port=metrics_port, **overrides)
+        args = [f"services.{role}", *flags]
         child = Child(name, args, self.run_dir / "logs" / f"{name}.log", metrics_port)
         self.children.append(child)
         return child

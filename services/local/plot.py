@@ -3,9 +3,9 @@ evaluation score against training frames and against wall time. Needs the `viz` 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from common.errors import UsageError
 from services.local.launcher import read_eval
 
 PAUSE_S = 300.0
@@ -31,12 +31,10 @@ def plot_run(run_dir: Path, out: Path, window: int = 10) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("a3c plot: needs matplotlib: pip install 'a3c-breakout[viz]'", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError("needs matplotlib: pip install 'a3c-breakout[viz]'") from None
     records = read_eval(run_dir / "eval.jsonl")
     if not records:
-        print(f"a3c plot: no evaluation games in {run_dir / 'eval.jsonl'}", file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError(f"no evaluation games in {run_dir / 'eval.jsonl'}")
     frames = [r["frames"] / 1e6 for r in records]
     hours = training_hours([r["time"] for r in records])
     scores = [r["score"] for r in records]

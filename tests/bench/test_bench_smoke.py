@@ -1,5 +1,5 @@
 """The benchmark harness works end to end (behaviour, never speed): every piece runs for a
-few seconds on CartPole and writes results with the figures the issue asks for."""
+few seconds on CartPole and writes results with every headline figure (bench/run.py)."""
 
 import json
 import subprocess

@@ -5,20 +5,20 @@ import sys
 
 import pytest
 
-from common.config import Config, ConfigError, load_config
-from services.cli import build_parser
+from common.config import COMMAND_FIELDS, Config, ConfigError, load_config
+from services.cli import parse_command_line
 
 
-def cli_values(*argv: str) -> dict:
-    values = vars(build_parser().parse_args(["worker", *argv]))
-    values.pop("command")
+def cli_values(*argv: str, command: str = "worker") -> dict:
+    parsed, values = parse_command_line([command, *argv])
+    assert parsed == command
     return values
 
 
-def test_defaults_match_the_design():
+def test_defaults_are_the_classic_a3c_scaled_to_16_envs_per_gradient():
     config = load_config({})
-    # DESIGN's 20-step rollouts are the classic's, for one env per gradient; with 16 envs
-    # per gradient the default is 5 steps (4x the optimizer steps per frame; docs/learning.md).
+    # The classic's 20-step rollouts are for one env per gradient; with 16 envs per
+    # gradient the default is 5 steps (4x the optimizer steps per frame; docs/learning.md).
     assert (config.env, config.n_steps, config.gamma, config.gae_lambda) == (
         "ALE/Breakout-v5",
         5,
@@ -26,8 +26,8 @@ def test_defaults_match_the_design():
         1.0,
     )
     assert (config.max_grad_norm, config.entropy_coef, config.value_coef) == (50.0, 0.01, 0.5)
-    # DESIGN's Adam lr 1e-4 is the classic's, for one env per gradient. The default worker
-    # batches 16 envs per gradient (#6) and takes lr 3e-4 with it (see the config docstring).
+    # The classic's Adam lr 1e-4 is for one env per gradient. The default worker batches 16
+    # envs per gradient and takes lr 3e-4 with it (see the config docstring).
     assert (config.num_envs, config.lr, config.grad_dtype) == (16, 3e-4, "float16")
 
 
@@ -48,12 +48,9 @@ def test_boolean_flags_and_env(monkeypatch):
 
 def test_every_invalid_value_is_reported_at_once(monkeypatch):
     monkeypatch.setenv("A3C_GAMMA", "1.5")
+    monkeypatch.setenv("A3C_LR", "-1")  # not a worker flag, but every command reads A3C_*
     with pytest.raises(ConfigError) as error:
-        load_config(
-            cli_values(
-                "--n-steps", "0", "--learner", "nohost", "--grad-dtype", "float32", "--lr", "-1"
-            )
-        )
+        load_config(cli_values("--n-steps", "0", "--learner", "nohost", "--grad-dtype", "float32"))
     text = str(error.value)
     for field in ("gamma", "n_steps", "learner", "lr"):
         assert f"  {field}:" in text
@@ -76,14 +73,26 @@ def test_cli_exits_2_with_all_errors():
     assert "port" in result.stderr and "lr" in result.stderr
 
 
-def test_to_cli_args_reproduces_the_config():
-    config = Config(n_steps=5, normalize_advantages=True, eval_log=None, lr=0.002)
-    again = load_config(cli_values(*config.to_cli_args()))
-    assert again == config
+@pytest.mark.parametrize("command", ["learner", "worker", "evaluator", "run"])
+def test_to_cli_args_reproduce_the_commands_fields(command):
+    config = Config(
+        n_steps=7, normalize_advantages=True, normalize_rewards=False, lr=0.002, port=6000
+    )
+    again = load_config(cli_values(*config.to_cli_args(command), command=command))
+    for name in COMMAND_FIELDS[command]:
+        assert getattr(again, name) == getattr(config, name), name
+
+
+def test_to_cli_args_leave_out_what_the_command_does_not_read():
+    args = Config().to_cli_args("worker", port=6000, learner="host:6000")
+    assert "--port" not in args and args[args.index("--learner") + 1] == "host:6000"
+    with pytest.raises(ValueError, match="not settings"):
+        Config().to_cli_args("worker", no_such_setting=1)
 
 
 def test_secrets_stay_out_of_public_dicts_and_child_args():
     config = Config(auth_key="hunter2")
     assert "hunter2" not in str(config.to_public_dict())
-    assert "hunter2" not in " ".join(config.to_cli_args())
+    for command in ("learner", "worker", "evaluator", "run"):
+        assert "hunter2" not in " ".join(config.to_cli_args(command))
     assert config.shared_key() == b"hunter2"
