@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import zmq
 
-from common.protocol import Session
+from common.protocol import AckBody, GradientBody, HelloBody, Session, WeightsBody
 from common.transport import DealerClient
 from common.weights import gradient_vector
 
@@ -87,11 +87,11 @@ def _run_phase(
     layout, count = target.layout, len(clients)
     try:
         for i, client in enumerate(clients):
-            client.send("hello", {"layout": layout, "role": "worker"})
+            client.send("hello", HelloBody(layout=layout))
             reply = client.recv(int(HELLO_TIMEOUT_S * 1000))
             if reply is None or reply.message is None or reply.message.type != "welcome":
                 raise RuntimeError(f"{names[i]}: no welcome from the learner")
-            versions[i] = int(reply.message.body["model_version"])
+            versions[i] = reply.message.payload_as(WeightsBody).model_version
         ready()
         poller = zmq.Poller()
         by_socket = {}
@@ -102,16 +102,15 @@ def _run_phase(
         stats = {"acks": 0, "rejected": 0, "gradient_bytes": 0, "ack_bytes_total": 0}
         since_weights = [0] * count
 
-        def body(i: int) -> dict[str, Any]:
-            return {
-                "want_weights": since_weights[i] >= sync_interval,
-                "model_version": versions[i],
-                "frames": target.frames_per_update,
-                "layout": layout,
-                "scale": scale,
-                "stats": {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "grad_norm": 0.0},
-                "episode_returns": [],
-            }
+        def body(i: int) -> GradientBody:
+            return GradientBody(
+                model_version=versions[i],
+                frames=target.frames_per_update,
+                scale=scale,
+                layout=layout,
+                want_weights=since_weights[i] >= sync_interval,
+                stats={"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "grad_norm": 0.0},
+            )
 
         def send(i: int) -> None:
             since_weights[i] += 1
@@ -133,16 +132,17 @@ def _run_phase(
                     raise RuntimeError(f"unreadable reply: {reply.error}")
                 message = reply.message
                 if message.type == "ack":
-                    stats["acks" if message.body.get("accepted") else "rejected"] += 1
+                    ack = message.payload_as(AckBody)
+                    stats["acks" if ack.accepted else "rejected"] += 1
                     stats["ack_bytes_total"] += message.nbytes
                     if message.arrays:  # weights: a worker would load them here
-                        versions[i] = int(message.body["model_version"])
+                        versions[i] = ack.model_version
                         since_weights[i] = 0
                     send(i)
                 elif message.type == "error":
                     raise RuntimeError(f"learner refused a gradient: {message.body}")
         for client in clients:
-            client.send("bye", {}, timeout_ms=200)
+            client.send("bye", timeout_ms=200)
         return stats
     finally:
         for client in clients:

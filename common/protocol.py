@@ -7,24 +7,28 @@ Frame layout of every message (after the ROUTER identity, where there is one):
 The header names the protocol version, message type, sender, its run id (random per process
 start, so a restart is noticed), a per-run sequence number (replay protection), and the dtype
 and shape of each buffer. Arrays never go through msgpack (that is 3x slower for 2 MB) and
-never through pickle. `decode` validates everything it can without knowing the model and
-raises ProtocolError with a reason from `common.metrics.REJECT_REASONS`.
+never through pickle. Each message type has one body schema here (`BODIES`), used by every
+sender and receiver, so a field is spelled and checked in one place. `decode` validates
+everything it can without knowing the model, the body included, and raises ProtocolError with
+a reason from `common.metrics.REJECT_REASONS`.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import itertools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import msgpack
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROTOCOL_VERSION = (1, 0)
 """(major, minor). Peers with another major version are refused; bump minor for additions."""
@@ -32,6 +36,8 @@ PROTOCOL_VERSION = (1, 0)
 MESSAGE_TYPES = frozenset(
     {"hello", "welcome", "gradient", "ack", "heartbeat", "weights", "error", "bye"}
 )
+REQUEST_TYPES = frozenset({"hello", "gradient", "heartbeat", "bye"})
+"""What a worker may ask the learner; the other types are answers or broadcasts."""
 
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype(np.float32),
@@ -44,15 +50,122 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 64
 MAX_CLOCK_SKEW_S = 300.0
 """Signed messages older than this are refused as replays even if their sequence is new."""
+MAX_FRAMES_PER_GRADIENT = 10_000_000
 
 
 class ProtocolError(Exception):
-    """A message refused before it reached any state; `reason` labels the rejection counter."""
+    """A message refused before it reached any state; `reason` labels the rejection counter.
+    `message_type` is set when the header was readable and only the body was not, so the
+    receiver can still answer in kind (a refused gradient is acknowledged with fresh weights)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, message_type: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.message_type = message_type
+
+
+# --- bodies ------------------------------------------------------------------------------
+
+
+class Body(BaseModel):
+    """A message body. Strict, so "7" is no model version and True no frame count; fields it
+    does not know are ignored, so a peer of a newer minor version may add some."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    reasons: ClassVar[Mapping[str, str]] = {}
+    """The rejection reason for a bad value of a field, where it is not "decode"."""
+
+    def wire(self) -> dict[str, Any]:
+        """The msgpack map this body travels as; unset optional fields are left out."""
+        return self.model_dump(exclude_none=True)
+
+
+class HelloBody(Body):
+    """A worker asking to join: the learner refuses a peer built for another model."""
+
+    reasons: ClassVar[Mapping[str, str]] = {"layout": "model_mismatch"}
+    layout: str
+
+
+class WeightsBody(Body):
+    """What the weights sent with a welcome or a broadcast are: their version and model."""
+
+    reasons: ClassVar[Mapping[str, str]] = {"layout": "model_mismatch"}
+    model_version: int = Field(ge=0)
+    frames: int = Field(ge=0)
+    """Environment frames behind these weights."""
+    layout: str
+    env: str
+
+
+class GradientBody(Body):
+    """One rollout's gradient (the array travels beside it) and what it was computed on.
+    Checks that need the learner's state (version range, layout, staleness) are the learner's."""
+
+    reasons: ClassVar[Mapping[str, str]] = {
+        "model_version": "bad_version",
+        "layout": "model_mismatch",
+    }
+    model_version: int
+    """The version of the weights the gradient was computed with."""
+    frames: int = Field(ge=0, le=MAX_FRAMES_PER_GRADIENT)
+    scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """The factor the wire array was multiplied by (float16 keeps small gradients that way)."""
+    layout: str
+    want_weights: bool = True
+    """Ask for fresh weights with the ack (a worker resyncs every `sync_interval` gradients)."""
+    stats: dict[str, float] = Field(default_factory=dict)
+    """Loss terms of the rollout, for the learner's metrics (non-finite ones are ignored)."""
+    episode_returns: list[float] = Field(default_factory=list)
+    """Raw scores of the games that ended during the rollout."""
+
+
+class AckBody(Body):
+    """The answer to a gradient: applied (with the new version, and weights if asked for), or
+    refused for a reason that fresh weights cure (stale, non-finite, bad version)."""
+
+    accepted: bool
+    model_version: int
+    frames: int | None = None
+    layout: str | None = None
+    env: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class ErrorBody(Body):
+    """A refused request: `reason` is one of `common.metrics.REJECT_REASONS`."""
+
+    reason: str
+    detail: str
+    model_version: int
+
+
+class HeartbeatBody(Body):
+    """An idle peer's sign of life; the learner's answer carries its model version."""
+
+    model_version: int | None = None
+
+
+class ByeBody(Body):
+    """A worker leaving on purpose, so the learner forgets it at once."""
+
+
+BODIES: dict[str, type[Body]] = {
+    "hello": HelloBody,
+    "welcome": WeightsBody,
+    "gradient": GradientBody,
+    "ack": AckBody,
+    "heartbeat": HeartbeatBody,
+    "weights": WeightsBody,
+    "error": ErrorBody,
+    "bye": ByeBody,
+}
+assert set(BODIES) == MESSAGE_TYPES
+
+B = TypeVar("B", bound=Body)
 
 
 @dataclass
@@ -63,9 +176,22 @@ class Message:
     seq: int
     sent_at: float
     body: dict[str, Any]
+    """The body as it came off the wire (already valid against `payload`'s schema)."""
+    payload: Body
+    """The body validated against the schema of `type`."""
     arrays: list[np.ndarray] = field(default_factory=list)
     array_dtypes: list[str] = field(default_factory=list)
     nbytes: int = 0
+
+    def payload_as(self, kind: builtins.type[B]) -> B:
+        """The typed body, for a receiver that has already dispatched on `type`."""
+        if not isinstance(self.payload, kind):
+            raise TypeError(f"a {self.type} message carries {type(self.payload).__name__}")
+        return self.payload
+
+
+BodyLike = Body | Mapping[str, Any] | None
+"""What `encode` sends as a body: a schema's model, or a raw map."""
 
 
 def _signature(key: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
@@ -79,23 +205,33 @@ class Session:
     """Encodes and decodes messages for one process: its identity, key and sequence counter."""
 
     def __init__(
-        self, sender: str, key: bytes | None = None, max_bytes: int = 256 * 1024 * 1024
+        self,
+        sender: str,
+        key: bytes | None = None,
+        max_bytes: int = 256 * 1024 * 1024,
+        accepts: Collection[str] = MESSAGE_TYPES,
     ) -> None:
+        """`accepts`: the message types this peer may receive; others are refused as
+        `unknown_type` before their body is looked at."""
         self.sender = sender
         self.run = os.urandom(8).hex()
         self.key = key
         self.max_bytes = max_bytes
+        self.accepts = frozenset(accepts)
         self._seq = itertools.count(1)
 
     def encode(
         self,
         msg_type: str,
-        body: dict[str, Any] | None = None,
+        body: BodyLike = None,
         arrays: Sequence[tuple[str, np.ndarray]] = (),
     ) -> list[bytes | memoryview]:
         """Frames for one message; `arrays` are (wire dtype name, contiguous array) pairs whose
-        memory is sent without a copy."""
+        memory is sent without a copy. A plain map as body is sent unchecked (tests use that
+        to send what no schema allows)."""
         assert msg_type in MESSAGE_TYPES, msg_type
+        if isinstance(body, Body):
+            assert isinstance(body, BODIES[msg_type]), (msg_type, type(body).__name__)
         header = {
             "proto": list(PROTOCOL_VERSION),
             "type": msg_type,
@@ -104,7 +240,7 @@ class Session:
             "seq": next(self._seq),
             "time": time.time(),
             "arrays": [[dtype, list(array.shape)] for dtype, array in arrays],
-            "body": body or {},
+            "body": body.wire() if isinstance(body, Body) else dict(body or {}),
         }
         packed = msgpack.packb(header, use_bin_type=True)
         buffers = [np.ascontiguousarray(array).data.cast("B") for _, array in arrays]
@@ -127,7 +263,7 @@ class Session:
             if not hmac.compare_digest(expected, bytes(signature)):
                 raise ProtocolError("bad_signature", "missing or wrong HMAC signature")
         header = _unpack_header(raw_header)
-        message = _message_from_header(header, buffers)
+        message = _message_from_header(header, buffers, self.accepts)
         message.nbytes = total
         if self.key and abs(time.time() - message.sent_at) > MAX_CLOCK_SKEW_S:
             raise ProtocolError("replay", f"message sent {time.time() - message.sent_at:.0f}s ago")
@@ -164,10 +300,14 @@ def _require(header: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
     return value
 
 
-def _message_from_header(header: dict[str, Any], buffers: list[memoryview]) -> Message:
+def _message_from_header(
+    header: dict[str, Any], buffers: list[memoryview], accepts: frozenset[str]
+) -> Message:
     msg_type = _require(header, "type", str)
     if msg_type not in MESSAGE_TYPES:
         raise ProtocolError("unknown_type", f"message type {msg_type[:40]!r}")
+    if msg_type not in accepts:
+        raise ProtocolError("unknown_type", f"{msg_type!r} is not for this peer")
     sender = _require(header, "sender", str)
     run = _require(header, "run", str)
     seq = _require(header, "seq", int)
@@ -189,7 +329,23 @@ def _message_from_header(header: dict[str, Any], buffers: list[memoryview]) -> M
             )
         arrays.append(np.frombuffer(buffer, dtype=dtype).reshape(shape))
         dtypes.append(dtype_name)
-    return Message(msg_type, sender, run, seq, float(sent_at), body, arrays, dtypes)
+    payload = _validate_body(msg_type, body)
+    return Message(msg_type, sender, run, seq, float(sent_at), body, payload, arrays, dtypes)
+
+
+def _validate_body(msg_type: str, body: dict[str, Any]) -> Body:
+    """The body as its schema's model; the first bad field names the rejection reason."""
+    kind = BODIES[msg_type]
+    try:
+        return kind.model_validate(body)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise ProtocolError(
+            kind.reasons.get(name, "decode"),
+            f"{msg_type} body: {name[:40]!r} {first['msg']}"[:200],
+            message_type=msg_type,
+        ) from None
 
 
 def _array_spec(spec: Any) -> tuple[str, tuple[int, ...]]:

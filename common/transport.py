@@ -12,7 +12,7 @@ from typing import Any
 
 import zmq
 
-from common.protocol import Message, ProtocolError, Session
+from common.protocol import BodyLike, Message, ProtocolError, Session
 
 HIGH_WATER_MARK = 64
 """Messages a socket queues per peer before it drops (PUB) or blocks/refuses (others)."""
@@ -70,7 +70,7 @@ class RouterServer:
         self,
         identity: bytes,
         msg_type: str,
-        body: dict[str, Any] | None = None,
+        body: BodyLike = None,
         arrays: Sequence[tuple[str, Any]] = (),
     ) -> None:
         frames = self.session.encode(msg_type, body, arrays)
@@ -95,7 +95,7 @@ class Publisher:
         self.sock.bind(f"tcp://{host}:{port}")
 
     def publish(
-        self, msg_type: str, body: dict[str, Any], arrays: Sequence[tuple[str, Any]] = ()
+        self, msg_type: str, body: BodyLike, arrays: Sequence[tuple[str, Any]] = ()
     ) -> None:
         try:
             self.sock.send_multipart(
@@ -134,7 +134,7 @@ class DealerClient:
     def send(
         self,
         msg_type: str,
-        body: dict[str, Any] | None = None,
+        body: BodyLike = None,
         arrays: Sequence[tuple[str, Any]] = (),
         timeout_ms: int = 1000,
     ) -> bool:

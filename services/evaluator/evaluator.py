@@ -1,5 +1,5 @@
 """The evaluator: plays full games with the newest broadcast weights under the standard
-protocol (common.envs, DESIGN section 1) and exports the scores.
+evaluation protocol (common.envs) and exports the scores.
 
 It subscribes to the learner's weight broadcast (it never talks back, so it cannot slow the
 learner down), keeps reading it during a game (a game can last 27,000 steps), swaps in the
@@ -25,7 +25,7 @@ from common.envs import env_spaces, make_env
 from common.evaluation import EpisodeResult, play_episode
 from common.metrics import EvaluatorMetrics, Health, evaluator_metrics
 from common.model import ActorCritic
-from common.protocol import Message, Session
+from common.protocol import Message, Session, WeightsBody
 from common.seeding import evaluation_seed
 from common.transport import Subscriber
 from common.weights import layout_digest, load_parameter_vector
@@ -73,7 +73,11 @@ class Evaluator:
             return
         message = received.message
         assert message is not None
-        if message.type != "weights" or message.body.get("layout") != self.layout:
+        if (
+            message.type != "weights"
+            or message.payload_as(WeightsBody).layout != self.layout
+            or len(message.arrays) != 1
+        ):
             self.metrics.rejected.labels(reason="model_mismatch").inc()
             log.warning("broadcast for another model or type (%s); ignored", message.type)
             return
@@ -86,10 +90,10 @@ class Evaluator:
         message, self._newest = self._newest, None
         if message is None:
             return
-        version = int(message.body["model_version"])
-        if version != self.version:
+        weights = message.payload_as(WeightsBody)
+        if weights.model_version != self.version:
             load_parameter_vector(self.model, message.arrays[0])
-            self.version, self.train_frames = version, int(message.body["frames"])
+            self.version, self.train_frames = weights.model_version, weights.frames
             self._version_scores = []
 
     def _during_game(self, _score: float) -> None:

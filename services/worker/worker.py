@@ -1,36 +1,32 @@
 """The worker: an independent actor that plays its own environments, turns each n-step
 rollout into a gradient, and sends it to the learner with the model version it was computed on.
 
-Flow control: at most `max_inflight` gradients wait for an acknowledgement; each ack carries
-the newest weights, so the next rollout starts from the global model (the A3C "sync").
-Liveness (Lazy Pirate): if the learner stays silent for `learner_timeout`, the socket is
-replaced and the worker says hello again, backing off exponentially; gradients computed
-meanwhile are dropped rather than queued, so a learner outage costs no memory here.
+Each ack carries the newest weights every `sync_interval` gradients, so the next rollout
+starts from the global model (the A3C "sync"). Talking to the learner (handshake, backoff,
+flow control, reconnects) is services.worker.link's; this module is the rollout loop.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 
+import numpy as np
 import torch
 
-from common.config import Config, split_address
+from common.config import Config
 from common.envs import env_spaces, make_vector_env
 from common.metrics import Health, WorkerMetrics, worker_metrics
 from common.model import ActorCritic
-from common.protocol import Message, Session
+from common.protocol import GradientBody, Session
 from common.rollout import RolloutResult, RolloutRunner
 from common.seeding import worker_seed
-from common.transport import DealerClient
 from common.weights import gradient_vector, layout_digest, load_parameter_vector
+from services.worker.link import LearnerLink
 
 log = logging.getLogger("worker")
-
-MAX_BACKOFF_S = 10.0
 
 
 class Worker:
@@ -53,96 +49,17 @@ class Worker:
             config.normalize_rewards,
             config.gamma,
         )
-        self.session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
-        host, port = split_address(config.learner)
-        self.client = DealerClient(self.session, host, port)
+        session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
+        self.link = LearnerLink(config, session, self.metrics, self.layout, self._load_weights)
         self.version = -1
-        self.health: Health | None = None
-        self.inflight = 0
         self._since_weights = 0
-        self.applied = 0
-        self._last_sent = time.monotonic()
-        self._backoff = 0.5
         self.runner = RolloutRunner(self.model, self.envs, config, self.seed)
 
-    # --- connection ------------------------------------------------------------------------
-
-    def connect(self, stop: threading.Event) -> bool:
-        """Say hello until the learner welcomes us (with backoff); False if stopped first.
-        Waiting for a learner is healthy: liveness probes must not kill patient workers."""
-        while not stop.is_set():
-            if self.health is not None:
-                self.health.tick()
-            self.inflight = 0
-            sent = self.client.send("hello", {"layout": self.layout, "role": "worker"})
-            reply = self.client.recv(int(self.config.learner_timeout * 1000)) if sent else None
-            if reply is not None and reply.message is not None:
-                if reply.message.type == "welcome":
-                    self._load_weights(reply.message)
-                    self._backoff = 0.5
-                    self._last_sent = time.monotonic()
-                    log.info("welcomed by learner at version %d", self.version)
-                    return True
-                log.error("learner refused hello: %s", reply.message.body.get("detail"))
-            elif reply is not None and reply.error is not None:
-                log.error("unreadable reply from learner: %s", reply.error)
-            self.metrics.reconnects.inc()
-            delay = self._backoff * random.uniform(0.5, 1.5)
-            log.warning("learner %s not answering; retrying in %.1fs", self.config.learner, delay)
-            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
-            stop.wait(delay)
-            self.client.connect()
-        return False
-
-    def _load_weights(self, message: Message) -> None:
-        if message.body.get("layout") != self.layout or len(message.arrays) != 1:
-            log.error("learner sent weights for another model; ignoring them")
-            return
-        load_parameter_vector(self.model, message.arrays[0])
+    def _load_weights(self, version: int, weights: np.ndarray) -> None:
+        load_parameter_vector(self.model, weights)
         self._since_weights = 0
-        self.version = int(message.body["model_version"])
-        self.metrics.model_version.set(self.version)
-
-    def _handle_reply(self, message: Message) -> bool:
-        """Apply an ack/heartbeat/error; False when we must say hello again."""
-        if message.type == "ack":
-            self.inflight = max(0, self.inflight - 1)
-            if message.body.get("accepted"):
-                self.applied += 1
-                self.metrics.updates_acked.inc()
-            else:
-                reason = str(message.body.get("reason", "unknown"))
-                self.metrics.rejected.labels(reason=reason).inc()
-                log.warning("gradient refused: %s", message.body.get("detail"))
-            if message.arrays:
-                self._load_weights(message)
-            return True
-        if message.type == "heartbeat":
-            return True
-        if message.type == "error":
-            self.inflight = max(0, self.inflight - 1)
-            reason = str(message.body.get("reason", "unknown"))
-            self.metrics.rejected.labels(reason=reason).inc()
-            log.warning("learner error: %s (%s)", reason, message.body.get("detail"))
-            return reason != "unknown_worker"
-        return True
-
-    def _await_replies(self, block: bool) -> bool:
-        """Read replies; block while `max_inflight` are pending. False on learner timeout."""
-        started = time.monotonic()
-        while True:
-            must_wait = block and self.inflight >= self.config.max_inflight
-            remaining = self.config.learner_timeout - (time.monotonic() - started)
-            if must_wait and remaining <= 0:
-                return False
-            reply = self.client.recv(int(remaining * 1000) if must_wait else 0)
-            if reply is None:
-                return not must_wait
-            if reply.message is None:
-                log.error("unreadable reply from learner: %s", reply.error)
-                continue
-            if not self._handle_reply(reply.message):
-                return False
+        self.version = version
+        self.metrics.model_version.set(version)
 
     # --- the actor-learner step ------------------------------------------------------------
 
@@ -158,56 +75,43 @@ class Worker:
         return result
 
     def send_gradient(self, rollout: RolloutResult) -> bool:
+        """False when the learner was lost on the way."""
         t0 = time.perf_counter()
         if not math.isfinite(rollout.stats["grad_norm"]):
             log.error("dropping a non-finite gradient (version %d)", self.version)
             return True
         wire, scale = gradient_vector(self.model, self.config.grad_dtype)
         self._since_weights += 1
-        body = {
-            "want_weights": self._since_weights >= self.config.sync_interval,
-            "model_version": self.version,
-            "frames": rollout.frames,
-            "layout": self.layout,
-            "scale": scale,
-            "stats": rollout.stats,
-            "episode_returns": rollout.episode_returns,
-        }
-        sent = self.client.send(
-            "gradient",
-            body,
-            [(self.config.grad_dtype, wire)],
-            timeout_ms=int(self.config.learner_timeout * 1000),
+        body = GradientBody(
+            model_version=self.version,
+            frames=rollout.frames,
+            scale=scale,
+            layout=self.layout,
+            want_weights=self._since_weights >= self.config.sync_interval,
+            stats=rollout.stats,
+            episode_returns=rollout.episode_returns,
         )
-        if sent:
-            self.inflight += 1
-            self._last_sent = time.monotonic()
-            self.metrics.updates_sent.inc()
-        ok = sent and self._await_replies(block=True)
+        ok = self.link.send_gradient(body, self.config.grad_dtype, wire)
         self.metrics.phase_seconds.labels(phase="wire").inc(time.perf_counter() - t0)
         return ok
 
     def run(self, stop: threading.Event, health: Health | None = None) -> None:
-        self.health = health
+        self.link.health = health
         try:
-            if not self.connect(stop):
+            if not self.link.connect(stop):
                 return
             while not stop.is_set():
                 rollout = self.rollout()
                 if not self.send_gradient(rollout) and not stop.is_set():
                     log.warning("lost the learner; reconnecting")
-                    self.metrics.reconnects.inc()
-                    self.client.connect()
-                    if not self.connect(stop):
+                    if not self.link.reconnect(stop):
                         return
                 if health is not None:
                     health.tick()
         finally:
-            if self.version >= 0:
-                self.client.send("bye", {}, timeout_ms=200)
-            self.client.close()
+            self.link.close(say_bye=self.version >= 0)
             self.envs.close()
-            log.info("stopped after %d applied gradients", self.applied)
+            log.info("stopped after %d applied gradients", self.link.applied)
 
 
 def run_worker(config: Config) -> None:

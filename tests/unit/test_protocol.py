@@ -9,7 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.protocol import PROTOCOL_VERSION, ProtocolError, Session
+from common.protocol import (
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    AckBody,
+    GradientBody,
+    HelloBody,
+    ProtocolError,
+    Session,
+)
+
+GRADIENT = {"model_version": 7, "frames": 20, "layout": "0123456789abcdef"}
 
 
 def frames_of(header: dict, *buffers: bytes) -> list[bytes]:
@@ -35,12 +45,11 @@ def test_round_trip_with_arrays_is_zero_copy_and_exact():
     sender, receiver = Session("w1"), Session("learner")
     grads = np.arange(6, dtype=np.float32).reshape(2, 3)
     half = np.linspace(-1, 1, 5).astype(np.float16)
-    frames = sender.encode(
-        "gradient", {"model_version": 7}, [("float32", grads), ("float16", half)]
-    )
+    frames = sender.encode("gradient", GRADIENT, [("float32", grads), ("float16", half)])
     message = receiver.decode([bytes(f) for f in frames])
     assert message.type == "gradient" and message.sender == "w1" and message.run == sender.run
-    assert message.body == {"model_version": 7}
+    assert message.body == GRADIENT
+    assert message.payload_as(GradientBody) == GradientBody(**GRADIENT)
     np.testing.assert_array_equal(message.arrays[0], grads)
     np.testing.assert_array_equal(message.arrays[1], half)
     assert message.array_dtypes == ["float32", "float16"]
@@ -82,6 +91,54 @@ def test_malformed_messages_are_refused_with_a_reason(frames, reason):
     assert refused.value.reason == reason
 
 
+def decode_body(msg_type: str, body: dict, session: Session | None = None):
+    frames = Session("w1").encode(msg_type, body)
+    return (session or Session("learner")).decode([bytes(f) for f in frames])
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "reason"),
+    [
+        ("gradient", {**GRADIENT, "model_version": "7"}, "bad_version"),
+        ("gradient", {**GRADIENT, "model_version": True}, "bad_version"),
+        ("gradient", {"frames": 20, "layout": "x"}, "bad_version"),
+        ("gradient", {**GRADIENT, "frames": -1}, "decode"),
+        ("gradient", {**GRADIENT, "scale": float("nan")}, "decode"),
+        ("gradient", {**GRADIENT, "layout": 5}, "model_mismatch"),
+        ("hello", {}, "model_mismatch"),
+        ("weights", {"model_version": 1, "frames": 0, "env": "x"}, "model_mismatch"),
+        ("ack", {"model_version": 1}, "decode"),
+        ("error", {"reason": "stale"}, "decode"),
+    ],
+)
+def test_bodies_are_validated_while_decoding(msg_type, body, reason):
+    with pytest.raises(ProtocolError) as refused:
+        decode_body(msg_type, body)
+    assert refused.value.reason == reason
+    assert refused.value.message_type == msg_type, "the header was read: its type is known"
+
+
+def test_unknown_body_fields_are_ignored_for_newer_minor_versions():
+    message = decode_body("hello", {"layout": "abc", "role": "worker", "added_in_1_1": [1]})
+    assert message.payload == HelloBody(layout="abc")
+
+
+def test_a_peer_refuses_types_it_does_not_accept_before_reading_the_body():
+    with pytest.raises(ProtocolError) as refused:
+        decode_body("weights", {}, Session("learner", accepts=REQUEST_TYPES))
+    assert refused.value.reason == "unknown_type"
+
+
+def test_a_body_model_travels_as_the_same_map_as_the_plain_dict():
+    """Byte-compatible with peers that build bodies by hand: unset optional fields are left
+    out, and a model encodes exactly what the equivalent dict does."""
+    ack = AckBody(accepted=False, reason="stale", detail="old", model_version=3)
+    assert ack.wire() == {"accepted": False, "reason": "stale", "detail": "old", "model_version": 3}
+    gradient = GradientBody(**GRADIENT)
+    message = decode_body("gradient", gradient.wire())
+    assert message.payload == gradient
+
+
 def test_oversize_message_is_refused_before_decoding():
     with pytest.raises(ProtocolError) as refused:
         Session("learner", max_bytes=1024).decode(frames_of(valid_header(), bytes(4096)))
@@ -92,7 +149,9 @@ def test_signed_messages_verify_and_tampering_is_caught():
     key = b"secret"
     frames = [
         bytes(f)
-        for f in Session("w1", key).encode("gradient", {}, [("float32", np.ones(3, np.float32))])
+        for f in Session("w1", key).encode(
+            "gradient", GRADIENT, [("float32", np.ones(3, np.float32))]
+        )
     ]
     assert Session("learner", key).decode(frames).type == "gradient"
     tampered = [*frames[:2], np.zeros(3, np.float32).tobytes()]
