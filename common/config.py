@@ -104,8 +104,6 @@ class Config(BaseSettings):
     keep_checkpoints: int = Field(3, ge=1)
     max_staleness: int = Field(64, ge=0)
     """Gradients computed on a model more than this many versions old are dropped."""
-    worker_timeout: float = Field(30.0, gt=0.0)
-    """The learner forgets a worker silent for this many seconds."""
     publish_interval: float = Field(1.0, ge=0.0)
     """Minimum seconds between weight broadcasts to subscribers (evaluators)."""
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=1024)
@@ -117,9 +115,15 @@ class Config(BaseSettings):
     worker_id: str = ""
     """Stable worker name; empty means hostname-pid (unique per container replica)."""
     learner_timeout: float = Field(10.0, gt=0.0)
-    """Seconds without an answer after which a worker reconnects (with backoff)."""
-    heartbeat_interval: float = Field(2.0, gt=0.0)
-    """Idle peers send a heartbeat this often so liveness is known both ways."""
+    """Seconds a worker waits for the ack of one gradient while the learner otherwise answers
+    (its heartbeats), then reconnects with backoff; a learner that answers nothing at all is
+    given up on sooner, after 3 heartbeat intervals."""
+    heartbeat_interval: float = Field(2.0, gt=0.0, le=3600.0)
+    """A worker that has sent nothing for this many seconds sends a heartbeat, between env
+    steps, so a long rollout is no silence; the learner answers it. Each side counts the other
+    gone after 3 intervals without a word (HEARTBEAT_LIVENESS): the learner forgets the worker,
+    the worker reconnects. The worker's hello tells the learner its interval, by which the
+    learner then judges it; the learner's own is for peers that do not say."""
 
     # --- Evaluator ----------------------------------------------------------------------
     eval_window: int = Field(10, ge=1)
@@ -203,21 +207,8 @@ class Config(BaseSettings):
     def to_cli_args(self, command: str, **overrides: Any) -> list[str]:
         """Flags that reproduce this config (plus overrides) for `a3c <command>` in a child
         process: only the command's own fields; overrides it does not read are left out."""
-        unknown = set(overrides) - set(Config.model_fields)
-        if unknown:
-            raise ValueError(f"not settings: {sorted(unknown)}")
         fields = set(COMMAND_FIELDS[command]) - {"auth_key"}
-        values = {**self.model_dump(include=fields), **overrides}
-        args: list[str] = []
-        for name, value in values.items():
-            if value is None or name not in fields:
-                continue
-            flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(flag if value else "--no-" + name.replace("_", "-"))
-            else:
-                args += [flag, str(value)]
-        return args
+        return to_cli_args(command, **{**self.model_dump(include=fields), **overrides})
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -230,7 +221,7 @@ _SERVICE = _names(
 """What every service reads: its sessions' limits and key, and `start_service`'s settings."""
 _LEARNER = _names(
     "env lr host port checkpoint_dir init_from checkpoint_interval keep_checkpoints"
-    " max_staleness worker_timeout publish_interval heartbeat_interval"
+    " max_staleness publish_interval heartbeat_interval"
 )
 _WORKER = _names(
     "env seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef value_coef"
@@ -271,6 +262,26 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
 }
 """The fields each command reads, and so its flags. A3C_* env vars are read for every field
 by every command (one ConfigMap serves all roles); a flag is accepted only where it acts."""
+
+
+def to_cli_args(command: str, **values: Any) -> list[str]:
+    """Flags for `a3c <command>` that set exactly these values: those the command does not
+    read are left out (one dict of wiring serves every role), None means unset, and the key
+    is never put on a command line (children get it as A3C_AUTH_KEY)."""
+    unknown = set(values) - set(Config.model_fields)
+    if unknown:
+        raise ValueError(f"not settings: {sorted(unknown)}")
+    fields = set(COMMAND_FIELDS[command]) - {"auth_key"}
+    args: list[str] = []
+    for name, value in values.items():
+        if value is None or name not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -1,21 +1,20 @@
 """Prometheus metric names of every service, in one place, and the /metrics + /healthz server.
 
 Each service builds its own registry (so tests can run several services in one process) and
-serves it with `serve_metrics`. Dashboards, alert rules and tests depend on these names.
+serves it with `serve_metrics`. Dashboards, alert rules and tests depend on these names;
+common.samples reads the pages back.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.parser import text_string_to_metric_families
 
 REJECT_REASONS = (
     "decode",
@@ -36,6 +35,14 @@ REJECT_REASONS = (
 
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
 
+FORGET_REASONS = ("silent", "bye", "reconnected")
+"""Why a learner drops a worker: it missed its heartbeats, it said bye, or it said hello again
+on a new connection (the old one is dropped)."""
+LOST_REASONS = ("silent", "timeout", "forgotten")
+"""Why a worker starts over with the learner: nothing heard for 3 heartbeat intervals (the
+quick path), a gradient left unanswered for `learner_timeout` while the learner otherwise
+answered, or the learner no longer knew the worker."""
+
 
 @dataclass
 class LearnerMetrics:
@@ -53,6 +60,7 @@ class LearnerMetrics:
     checkpoints: Counter
     checkpoint_failures: Counter
     bytes_received: Counter
+    workers_forgotten: Counter
 
 
 def learner_metrics() -> LearnerMetrics:
@@ -73,6 +81,14 @@ def learner_metrics() -> LearnerMetrics:
     )
     for term in LOSS_STATS:
         loss.labels(term=term)
+    forgotten = Counter(
+        "a3c_learner_workers_forgotten",
+        "Workers the learner stopped counting, by reason",
+        ["reason"],
+        registry=r,
+    )
+    for reason in FORGET_REASONS:
+        forgotten.labels(reason=reason)
     return LearnerMetrics(
         registry=r,
         updates=Counter("a3c_learner_updates", "Gradients applied", registry=r),
@@ -110,6 +126,7 @@ def learner_metrics() -> LearnerMetrics:
         bytes_received=Counter(
             "a3c_learner_received_bytes", "Bytes of messages received", registry=r
         ),
+        workers_forgotten=forgotten,
     )
 
 
@@ -125,10 +142,20 @@ class WorkerMetrics:
     rejected: Counter
     model_version: Gauge
     phase_seconds: Counter
+    heartbeats_sent: Counter
+    learner_lost: Counter
 
 
 def worker_metrics() -> WorkerMetrics:
     r = CollectorRegistry()
+    lost = Counter(
+        "a3c_worker_learner_lost",
+        "Times the worker gave up on its connection to the learner, by reason",
+        ["reason"],
+        registry=r,
+    )
+    for reason in LOST_REASONS:
+        lost.labels(reason=reason)
     return WorkerMetrics(
         registry=r,
         env_frames=Counter("a3c_worker_env_frames", "Environment frames played", registry=r),
@@ -151,6 +178,12 @@ def worker_metrics() -> WorkerMetrics:
             ["phase"],
             registry=r,
         ),
+        heartbeats_sent=Counter(
+            "a3c_worker_heartbeats_sent",
+            "Heartbeats sent after a heartbeat interval with nothing else sent",
+            registry=r,
+        ),
+        learner_lost=lost,
     )
 
 
@@ -268,24 +301,3 @@ def serve_metrics(
     if port == 0:
         return None
     return MetricsServer(registry, health, host, port)
-
-
-def parse_samples(text: str) -> dict[str, float]:
-    """Every sample of a /metrics page keyed as Prometheus writes it: `name{a="x",b="y"}`
-    with labels sorted; unlabelled samples by bare name."""
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
-
-
-def scrape(port: int, timeout: float = 3.0) -> dict[str, float]:
-    """The samples of a local service's /metrics; empty when the endpoint does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    return parse_samples(text)

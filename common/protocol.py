@@ -30,8 +30,9 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PROTOCOL_VERSION = (1, 0)
-"""(major, minor). Peers with another major version are refused; bump minor for additions."""
+PROTOCOL_VERSION = (1, 1)
+"""(major, minor). Peers with another major version are refused; bump minor for additions
+(1.1: the hello's `heartbeat_interval`)."""
 
 MESSAGE_TYPES = frozenset(
     {"hello", "welcome", "gradient", "ack", "heartbeat", "weights", "error", "bye"}
@@ -51,6 +52,11 @@ MAX_ARRAYS = 64
 MAX_CLOCK_SKEW_S = 300.0
 """Signed messages older than this are refused as replays even if their sequence is new."""
 MAX_FRAMES_PER_GRADIENT = 10_000_000
+HEARTBEAT_LIVENESS = 3
+"""Heartbeat intervals without hearing from a peer after which it is counted gone: the learner
+forgets a worker, a worker stops waiting and greets the learner again. Three, so one late or
+lost heartbeat is no outage, and an outage is still noticed within seconds."""
+MAX_HEARTBEAT_INTERVAL_S = 3600.0
 
 
 class ProtocolError(Exception):
@@ -87,6 +93,12 @@ class HelloBody(Body):
 
     reasons: ClassVar[Mapping[str, str]] = {"layout": "model_mismatch"}
     layout: str
+    heartbeat_interval: float | None = Field(
+        default=None, gt=0.0, le=MAX_HEARTBEAT_INTERVAL_S, allow_inf_nan=False
+    )
+    """Seconds this worker may stay quiet before it heartbeats. The learner judges the worker
+    by this cadence, not its own setting, so a worker configured slower is not forgotten while
+    alive; without it (a 1.0 peer) the learner assumes its own interval."""
 
 
 class WeightsBody(Body):
@@ -144,7 +156,8 @@ class ErrorBody(Body):
 
 
 class HeartbeatBody(Body):
-    """An idle peer's sign of life; the learner's answer carries its model version."""
+    """A worker's sign of life when it has sent nothing for a heartbeat interval, and the
+    learner's answer to it (with its model version), the worker's sign that the learner lives."""
 
     model_version: int | None = None
 

@@ -1,5 +1,6 @@
 """The only module that touches ZeroMQ sockets: bind/connect, bounded queues, polling with
-timeouts, reconnects (the ZeroMQ guide's Lazy Pirate pattern on the client side).
+timeouts, reconnects (the ZeroMQ guide's Lazy Pirate pattern on the client side; the
+heartbeats that make it a Paranoid Pirate are services.worker.link's and the learner core's).
 
 The learner binds a ROUTER on PORT (requests from workers: hello, gradient, heartbeat; each
 gets one reply) and a PUB on PORT+1 (weights for evaluators: only the newest matters).

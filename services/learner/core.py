@@ -1,9 +1,10 @@
 """The learner's logic without transport: one request in, one reply out.
 
 `LearnerCore.handle` checks a request against the learner's state, applies a gradient to the
-global model, and keeps the books: the model version and frames, the workers heard from, and
-the metrics. It touches no socket, disk or clock it was not handed, so every rejection can be
-driven by a unit test; the serve loop around it (services.learner.learner) is only I/O.
+global model, and keeps the books: the model version and frames, the workers heard from (each
+forgotten once it misses `HEARTBEAT_LIVENESS` of its heartbeat intervals), and the metrics.
+It touches no socket, disk or clock it was not handed, so every rejection can be driven by a
+unit test; the serve loop around it (services.learner.learner) is only I/O.
 Single-threaded on purpose: one gradient is applied at a time, so there is no lock to get
 wrong and the model is never seen half-updated.
 """
@@ -25,6 +26,7 @@ from common.config import Config
 from common.metrics import LOSS_STATS, LearnerMetrics
 from common.model import parameter_count
 from common.protocol import (
+    HEARTBEAT_LIVENESS,
     AckBody,
     Body,
     ErrorBody,
@@ -53,7 +55,15 @@ class WorkerRecord:
     run: str
     last_seq: int
     last_seen: float
+    """When the learner last heard anything from the worker: every message is a sign of life."""
+    heartbeat_interval: float
+    """The worker's own heartbeat cadence (from its hello), by which its silence is judged."""
     applied: int = 0
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds of silence, once it has lasted `HEARTBEAT_LIVENESS` intervals; else None."""
+        silence = now - self.last_seen
+        return silence if silence > HEARTBEAT_LIVENESS * self.heartbeat_interval else None
 
 
 @dataclass(frozen=True)
@@ -174,16 +184,26 @@ class LearnerCore:
         )
 
     def forget_silent(self) -> None:
-        """Drop workers not heard from within `worker_timeout`."""
+        """Drop workers that missed `HEARTBEAT_LIVENESS` heartbeats. Any message counts as
+        one, and a busy worker heartbeats between env steps, so only a dead, hung or cut-off
+        worker falls silent; a forgotten worker that wakes is refused as unknown and greets
+        the learner again."""
         now = self.clock()
         for identity, record in list(self.workers.items()):
-            if now - record.last_seen > self.config.worker_timeout:
+            silence = record.silent_for(now)
+            if silence is not None:
                 log.warning(
-                    "forgetting worker %s: silent for %.0fs",
+                    "forgetting worker %s: silent for %.1fs (%d heartbeat intervals of %gs)",
                     record.worker_id,
-                    now - record.last_seen,
+                    silence,
+                    HEARTBEAT_LIVENESS,
+                    record.heartbeat_interval,
                 )
-                del self.workers[identity]
+                self._forget(identity, "silent")
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        del self.workers[identity]
+        self.metrics.workers_forgotten.labels(reason=reason).inc()
         self.metrics.workers_active.set(len(self.workers))
 
     # --- requests --------------------------------------------------------------------------
@@ -232,7 +252,8 @@ class LearnerCore:
         )
 
     def on_hello(self, identity: bytes, message: Message) -> Reply:
-        layout = message.payload_as(HelloBody).layout
+        hello = message.payload_as(HelloBody)
+        layout = hello.layout
         if layout != self.layout:
             raise ProtocolError(
                 "model_mismatch",
@@ -245,11 +266,15 @@ class LearnerCore:
                 log.info(
                     "worker %s reconnected (run %s -> %s)", message.sender, other.run, message.run
                 )
-                del self.workers[other_identity]
+                self._forget(other_identity, "reconnected")
         if previous is None or previous.run != message.run:
             log.info("worker %s joined (run %s)", message.sender, message.run)
         self.workers[identity] = WorkerRecord(
-            message.sender, message.run, message.seq, self.clock()
+            message.sender,
+            message.run,
+            message.seq,
+            self.clock(),
+            hello.heartbeat_interval or self.config.heartbeat_interval,
         )
         self.metrics.workers_active.set(len(self.workers))
         return Reply("welcome", self.weights_body(), (("float32", self.weights()),))
@@ -267,6 +292,8 @@ class LearnerCore:
         return record
 
     def on_heartbeat(self, identity: bytes, message: Message) -> Reply:
+        """Noted as a sign of life (as every message is) and answered at once: the answer is
+        the worker's sign that the learner lives."""
         self._known(identity, message)
         return Reply("heartbeat", HeartbeatBody(model_version=self.version))
 
@@ -274,8 +301,7 @@ class LearnerCore:
         """A leaving worker gets no answer: it has stopped reading."""
         record = self._known(identity, message)
         log.info("worker %s left after %d applied gradients", record.worker_id, record.applied)
-        del self.workers[identity]
-        self.metrics.workers_active.set(len(self.workers))
+        self._forget(identity, "bye")
 
     def on_gradient(self, identity: bytes, message: Message) -> Reply:
         started = self.clock()

@@ -3,7 +3,8 @@ rollout into a gradient, and sends it to the learner with the model version it w
 
 Each ack carries the newest weights every `sync_interval` gradients, so the next rollout
 starts from the global model (the A3C "sync"). Talking to the learner (handshake, backoff,
-flow control, reconnects) is services.worker.link's; this module is the rollout loop.
+flow control, heartbeats, reconnects) is services.worker.link's; this module is the rollout
+loop, which lets the link heartbeat between env steps.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.vector import VectorEnv, VectorWrapper
 
 from common.config import Config
 from common.envs import env_spaces, make_vector_env
@@ -27,6 +31,20 @@ from common.weights import gradient_vector, layout_digest, load_parameter_vector
 from services.worker.link import LearnerLink
 
 log = logging.getLogger("worker")
+
+
+class Heartbeats(VectorWrapper):
+    """Calls `keep_alive` before every env step. A rollout is one call from the worker's
+    loop, and one long enough (many steps or envs, a slow game) would be silence the learner
+    takes for a dead worker; an env step is the finest point at which the loop can send."""
+
+    def __init__(self, env: VectorEnv, keep_alive: Callable[[], None]) -> None:
+        super().__init__(env)
+        self._keep_alive = keep_alive
+
+    def step(self, actions: Any) -> Any:
+        self._keep_alive()
+        return self.env.step(actions)
 
 
 class Worker:
@@ -53,7 +71,9 @@ class Worker:
         self.link = LearnerLink(config, session, self.metrics, self.layout, self._load_weights)
         self.version = -1
         self._since_weights = 0
-        self.runner = RolloutRunner(self.model, self.envs, config, self.seed)
+        self.runner = RolloutRunner(
+            self.model, Heartbeats(self.envs, self.link.keep_alive), config, self.seed
+        )
 
     def _load_weights(self, version: int, weights: np.ndarray) -> None:
         load_parameter_vector(self.model, weights)
@@ -102,10 +122,10 @@ class Worker:
                 return
             while not stop.is_set():
                 rollout = self.rollout()
-                if not self.send_gradient(rollout) and not stop.is_set():
-                    log.warning("lost the learner; reconnecting")
-                    if not self.link.reconnect(stop):
-                        return
+                # False: the learner is lost (the link has logged why); greet it again.
+                lost = not self.send_gradient(rollout) and not stop.is_set()
+                if lost and not self.link.reconnect(stop):
+                    return
                 if health is not None:
                     health.tick()
         finally:

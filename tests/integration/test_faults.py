@@ -41,8 +41,8 @@ def test_learner_killed_hard_resumes_and_every_peer_reconnects(cluster, tmp_path
 
 
 def test_a_hung_worker_is_detected_and_rejoins_when_it_wakes(cluster):
-    learner = cluster.start("learner", None, "--worker-timeout", "3")
-    hung, healthy = start_workers(cluster, 2)
+    learner = cluster.start("learner", None, "--heartbeat-interval", "1")
+    hung, healthy = start_workers(cluster, 2, "--heartbeat-interval", "1")
     wait_for(lambda: learner.value("a3c_learner_workers_active") == 2, 60, "2 workers")
     hung.process.send_signal(signal.SIGSTOP)
     try:

@@ -16,9 +16,10 @@ import torch
 
 from common.config import load_config
 from common.envs import env_spaces
-from common.metrics import REJECT_REASONS, learner_metrics
+from common.metrics import FORGET_REASONS, REJECT_REASONS, learner_metrics
 from common.model import ActorCritic, parameter_count
 from common.protocol import (
+    HEARTBEAT_LIVENESS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     AckBody,
@@ -445,18 +446,95 @@ def test_a_reconnecting_worker_replaces_its_old_connection():
     assert reply is not None and reply.body.accepted is True
 
 
-def test_silent_workers_are_forgotten_after_worker_timeout():
+def forgotten(core: LearnerCore, reason: str) -> float | None:
+    return sample(core, "a3c_learner_workers_forgotten_total", reason=reason)
+
+
+def test_a_worker_is_forgotten_after_missing_its_heartbeats_and_any_message_is_one():
     clock = Clock()
     core = make_core(clock)
+    interval = core.config.heartbeat_interval
     welcomed(Peer(core, sender="quiet", identity=b"conn-1"))
     talker = Peer(core, sender="talker", identity=b"conn-2")
     welcomed(talker)
-    clock.now += core.config.worker_timeout - 1
-    talker.send("heartbeat")
-    clock.now += 2
-    core.forget_silent()
+    for beat in range(1, 2 * HEARTBEAT_LIVENESS + 1):
+        clock.now += interval
+        if beat % 2:
+            talker.send("heartbeat")
+        else:
+            accept(talker, 1)
+        core.forget_silent()
+        if beat <= HEARTBEAT_LIVENESS:
+            assert len(core.workers) == 2, f"{beat} intervals are within the allowance"
     assert [record.worker_id for record in core.workers.values()] == ["talker"]
     assert sample(core, "a3c_learner_workers_active") == 1
+    assert forgotten(core, "silent") == 1
+
+
+def test_a_worker_is_judged_by_the_heartbeat_interval_of_its_hello():
+    clock = Clock()
+    core = make_core(clock)
+    slow = Peer(core, sender="slow", identity=b"conn-1")
+    fast = Peer(core, sender="fast", identity=b"conn-2")
+    own = core.config.heartbeat_interval
+    assert (
+        slow.send("hello", HelloBody(layout=LAYOUT, heartbeat_interval=4 * own)).type == "welcome"
+    )
+    assert (
+        fast.send("hello", HelloBody(layout=LAYOUT, heartbeat_interval=own / 4)).type == "welcome"
+    )
+    clock.now += HEARTBEAT_LIVENESS * own / 4 + 0.01
+    core.forget_silent()
+    assert [record.worker_id for record in core.workers.values()] == ["slow"]
+    clock.now += HEARTBEAT_LIVENESS * 4 * own
+    core.forget_silent()
+    assert core.workers == {} and forgotten(core, "silent") == 2
+
+
+def test_a_hello_without_an_interval_is_judged_by_the_learners_own():
+    clock = Clock()
+    core = make_core(clock)
+    welcomed(Peer(core))
+    clock.now += HEARTBEAT_LIVENESS * core.config.heartbeat_interval
+    core.forget_silent()
+    assert len(core.workers) == 1, "exactly the allowance is not yet a miss"
+    clock.now += 0.01
+    core.forget_silent()
+    assert core.workers == {}
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan"), 1e9])
+def test_a_hello_with_an_impossible_interval_is_refused(interval):
+    core = make_core()
+    reply = Peer(core).send("hello", {"layout": LAYOUT, "heartbeat_interval": interval})
+    assert reply is not None and reply.type == "error" and reply.body.reason == "decode"
+    assert core.workers == {}
+
+
+def test_a_forgotten_worker_is_refused_until_it_says_hello_again():
+    clock = Clock()
+    core = make_core(clock)
+    peer = Peer(core)
+    welcomed(peer)
+    clock.now += HEARTBEAT_LIVENESS * core.config.heartbeat_interval + 1
+    core.forget_silent()
+    reply = peer.send("heartbeat")
+    assert reply is not None and reply.body.reason == "unknown_worker"
+    welcomed(peer)
+    assert peer.send("heartbeat") == Reply("heartbeat", HeartbeatBody(model_version=0))
+
+
+def test_workers_forgotten_are_counted_by_reason():
+    core = make_core()
+    assert {reason: forgotten(core, reason) for reason in FORGET_REASONS} == dict.fromkeys(
+        FORGET_REASONS, 0.0
+    )
+    welcomed(Peer(core, identity=b"conn-1"))
+    moved = Peer(core, identity=b"conn-2")
+    welcomed(moved)
+    assert forgotten(core, "reconnected") == 1
+    moved.send("bye")
+    assert forgotten(core, "bye") == 1 and forgotten(core, "silent") == 0
 
 
 def test_restore_carries_version_frames_and_weights_on():
