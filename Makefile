@@ -30,14 +30,16 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m 'not slow' $(ARGS)
 
+LINTED := common services bench tests k8s deploy
+
 lint: setup
-	$(BIN)/ruff check common services bench tests
-	$(BIN)/ruff format --check common services bench tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format common services tests
-	$(BIN)/ruff check --fix common services tests
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

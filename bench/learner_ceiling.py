@@ -22,50 +22,47 @@ from typing import Any
 
 import torch
 
-from bench.measure import CpuWindow, bucket_quantile, delta, window_buckets
+from bench.measure import CpuWindow
 from bench.senders import SenderPool, Target
 from common.config import Config, load_config
 from common.envs import env_spaces, frames_per_step
-from common.metrics import scrape
 from common.model import ActorCritic, parameter_count
 from common.weights import layout_digest
-from services.local.launcher import Child, free_port
+from services.local.launcher import LocalCluster
 
 SENDER_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 START_TIMEOUT_S = 120.0
 
 
-def start_learner(config: Config, workdir: Path) -> tuple[Child, int, int]:
-    """A real `python -m services.learner` on free loopback ports; (child, port, metrics_port)."""
-    port, metrics_port = free_port(pair=True), free_port()
-    args = [
-        "services.learner",
-        "--env", config.env,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--metrics-host", "127.0.0.1",
-        "--metrics-port", str(metrics_port),
-        "--checkpoint-dir", str(workdir / "checkpoints"),
-        "--checkpoint-interval", "3600",
-        "--max-staleness", "1000000",
-        "--lr", str(config.lr),
-    ]  # fmt: skip
-    child = Child("learner", args, workdir / "learner.log", metrics_port)
-    child.start(_child_env())
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "a3c_learner_updates_total" not in scrape(metrics_port):
-        if not child.alive():
-            raise RuntimeError(f"learner died at start:\n{child.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"learner not serving within {START_TIMEOUT_S:.0f}s")
-        time.sleep(0.2)
-    return child, port, metrics_port
+LEARNER_SETTINGS = {"checkpoint_interval": 3600.0, "max_staleness": 1_000_000}
+"""Besides the config's: no checkpoint inside a window, and no sender refused as stale."""
 
 
-def _child_env() -> dict[str, str]:
+def start_learner(config: Config, workdir: Path) -> LocalCluster:
+    """The launcher's learner alone, on free loopback ports, serving /metrics. Unsigned
+    (the senders do not sign) and quiet: 64 "worker joined" lines per phase are not news."""
+    settings = {
+        **LEARNER_SETTINGS,
+        "run_dir": workdir,
+        "run_evaluator": False,
+        "auth_key": None,
+        "auth_key_file": None,
+        "log_level": "WARNING",
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("A3C_")}
-    env["A3C_LOG_LEVEL"] = "WARNING"  # 64 "worker joined" lines per phase are not news
-    return env
+    cluster = LocalCluster(config.model_copy(update=settings), roles=("learner",), env=env)
+    cluster.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not cluster.metrics("learner").has("a3c_learner_updates_total"):
+        try:
+            cluster.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"learner not serving within {START_TIMEOUT_S:.0f}s")
+        except RuntimeError:
+            cluster.stop()
+            raise
+        time.sleep(0.2)
+    return cluster
 
 
 @dataclass(frozen=True)
@@ -82,8 +79,7 @@ class WireSetting:
 
 def measure_phase(
     pool: SenderPool,
-    learner: Child,
-    metrics_port: int,
+    cluster: LocalCluster,
     senders: int,
     wire: WireSetting,
     warmup: float,
@@ -92,23 +88,22 @@ def measure_phase(
     active = pool.start_phase(senders, wire.dtype, wire.sync_interval)
     try:
         time.sleep(warmup)
-        assert learner.process is not None
-        pids = {"learner": learner.process.pid}
+        pids = {"learner": cluster.pid("learner")}
         pids.update({p.name: p.pid for i, p in enumerate(pool.procs) if i in active and p.pid})
         cpu = CpuWindow(pids)
-        before = scrape(metrics_port)
+        before = cluster.metrics("learner")
         cpu.start()
         time.sleep(seconds)
-        after = scrape(metrics_port)
+        after = cluster.metrics("learner")
         cpu.stop()
     finally:
         sent = pool.end_phase(active)
+    learner = cluster.process("learner")
     if not after or not learner.alive():
         raise RuntimeError(f"learner stopped answering:\n{learner.log_tail()}")
-    updates = delta(after, before, "a3c_learner_updates_total")
-    staleness = window_buckets(after, before, "a3c_learner_gradient_staleness")
-    apply_n = delta(after, before, "a3c_learner_apply_seconds_count")
-    apply_s = delta(after, before, "a3c_learner_apply_seconds_sum")
+    window = after.delta(before)
+    updates = window.get("a3c_learner_updates_total")
+    apply_ms = window.mean("a3c_learner_apply_seconds")
     sender_cores = sum(v for k, v in cpu.cores.items() if k != "learner")
     gradient_bytes = max(s["gradient_bytes"] for s in sent)
     acks = sum(s["acks"] + s["rejected"] for s in sent)
@@ -125,9 +120,9 @@ def measure_phase(
             round(updates / cpu.wall_s / cpu.cores["learner"], 1) if cpu.cores["learner"] else None
         ),
         "sender_cores": round(sender_cores, 3),
-        "apply_ms_mean": round(1000 * apply_s / apply_n, 3) if apply_n else None,
-        "staleness_p50": bucket_quantile(staleness, 0.5),
-        "staleness_p99": bucket_quantile(staleness, 0.99),
+        "apply_ms_mean": round(1000 * apply_ms, 3) if apply_ms is not None else None,
+        "staleness_p50": window.quantile("a3c_learner_gradient_staleness", 0.5),
+        "staleness_p99": window.quantile("a3c_learner_gradient_staleness", 0.99),
         "rejected": sum(s["rejected"] for s in sent),
         "gradient_bytes": gradient_bytes,
         "ack_bytes": ack_bytes,
@@ -170,16 +165,16 @@ def run_ceiling(
     )
     with tempfile.TemporaryDirectory(prefix="a3c-bench-learner-") as tmp:
         workdir = workdir or Path(tmp)
-        learner, port, metrics_port = start_learner(config, workdir)
+        cluster = start_learner(config, workdir)
         pool: SenderPool | None = None
         try:
-            target = Target("127.0.0.1", port, layout, n_params, frames)
+            target = Target("127.0.0.1", cluster.learner_port, layout, n_params, frames)
             pool = SenderPool(sender_processes, target)
             phases = []
             plan = [(k, default) for k in sender_counts]
             plan += [(k, wire) for wire in variants for k in variant_counts]
             for senders, wire in plan:
-                phase = measure_phase(pool, learner, metrics_port, senders, wire, warmup, seconds)
+                phase = measure_phase(pool, cluster, senders, wire, warmup, seconds)
                 phases.append(phase)
                 print(
                     f"  learner ceiling: {senders:3d} senders, {wire.name}: "
@@ -192,7 +187,7 @@ def run_ceiling(
         finally:
             if pool is not None:
                 pool.close()
-            learner.stop()
+            cluster.stop()
     return _summarise(config, default, phases, n_params, seconds, sender_processes)
 
 
@@ -243,7 +238,7 @@ def _summarise(
             "default_wire": {"wire_dtype": default.dtype, "sync_interval": default.sync_interval},
             "sender_processes": procs,
             "window_s": seconds,
-            "learner_flags": "--max-staleness 1000000 --checkpoint-interval 3600, else defaults",
+            "learner_flags": "--max-staleness 1000000 --checkpoint-interval 3600, else the config",
             "ack": "carries the float32 weights when the sender asks (every sync_interval-th)",
         },
     }

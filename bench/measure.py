@@ -1,5 +1,5 @@
-"""What every benchmark needs to read a machine honestly: labelled /metrics samples, histogram
-quantiles, CPU seconds per process and for the whole machine, and the load around a window.
+"""What every benchmark needs to read a machine honestly: CPU seconds per process and for the
+whole machine, and the load around a window (/metrics samples are common.samples).
 
 The machine is shared (other people run tests on it), so every figure carries the load average
 and the machine's busy cores next to the cores our own processes used in the same window.
@@ -11,66 +11,35 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def delta(after: Mapping[str, float], before: Mapping[str, float], key: str) -> float:
-    return after.get(key, 0.0) - before.get(key, 0.0)
-
-
-def histogram_buckets(samples: Mapping[str, float], name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of histogram `name`, sorted by bound."""
-    prefix = f'{name}_bucket{{le="'
-    buckets = []
-    for key, value in samples.items():
-        if key.startswith(prefix):
-            bound = key[len(prefix) : key.index('"', len(prefix))]
-            buckets.append((float(bound), value))
-    return sorted(buckets)
-
-
-def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """The upper bound of the bucket holding quantile `q` (conservative: never understates).
-    For integer observations and buckets 0, 1, 2, 4, ... this is exact up to 2."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    target = q * buckets[-1][1]
-    for bound, count in buckets:
-        if count >= target:
-            return bound
-    return buckets[-1][0]
-
-
-def window_buckets(
-    after: Mapping[str, float], before: Mapping[str, float], name: str
-) -> list[tuple[float, float]]:
-    """A histogram's buckets counting only observations made between two scrapes."""
-    old = dict(histogram_buckets(before, name))
-    return [(bound, count - old.get(bound, 0.0)) for bound, count in histogram_buckets(after, name)]
 
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads); 0 if it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return times.user + times.system
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores summed."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    total = sum(values[:8])
-    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+    """(busy, total) CPU seconds of the whole machine since boot, all cores summed; waiting
+    for I/O counts as idle, guest time is already inside user time."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    total = sum(getattr(times, name, 0.0) for name in _MACHINE_TIMES)
+    return total - idle, total
+
+
+_MACHINE_TIMES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 @dataclass
@@ -131,6 +100,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """psutil has no CPU model name: /proc/cpuinfo's, else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.results import Figure, Results
+
 
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -16,76 +18,75 @@ def _num(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _load(figure: dict[str, Any]) -> str:
-    loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in figure["loadavg_1m"])
+def _load(figure: Figure) -> str:
+    loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in figure.loadavg_1m)
     busy = ", ".join(
         f"{ours:.2f}/{busy:.2f}"
-        for ours, busy in zip(figure["our_cores"], figure["machine_busy_cores"], strict=True)
+        for ours, busy in zip(figure.our_cores, figure.machine_busy_cores, strict=True)
     )
     return f"{loads} | {busy}"
 
 
-def _headline(result: dict[str, Any]) -> list[str]:
-    figures = result.get("figures", {})
-    details = result.get("details", {})
-    system = details.get("system") or {}
-    sys_cfg = system.get("configuration", {})
-    hog = details.get("hogwild") or []
+def _headline(result: Results) -> list[str]:
+    figures = result.figures
     rows: list[tuple[str, str, str, str]] = []
     if "system_frames_per_s" in figures:
+        cfg = figures["system_frames_per_s"].configuration
+        window = result.details["system"]["cpu"]["window_s"]
         rows.append((
             "system_frames_per_s",
-            _num(result["system_frames_per_s"]),
-            f"{sys_cfg['env']}, learner + {sys_cfg['workers']} workers"
-            f"{' + evaluator' if sys_cfg['evaluator'] else ''}, num_envs {sys_cfg['num_envs']}, "
-            f"{sys_cfg['grad_dtype']} wire, {_num(system['cpu']['window_s'])} s window",
+            _num(result.system_frames_per_s),
+            f"{cfg['env']}, learner + {cfg['workers']} workers"
+            f"{' + evaluator' if cfg['evaluator'] else ''}, num_envs {cfg['num_envs']}, "
+            f"{cfg['grad_dtype']} wire, {_num(window)} s window",
             "system_frames_per_s",
         ))  # fmt: skip
     for key, figure in figures.items():
         if key.startswith("system_num_envs_"):
-            cfg = figure["configuration"]
+            cfg = figure.configuration
             rows.append((
                 f"system_frames_per_s, num_envs {cfg['num_envs']}",
-                _num(figure["value"]),
+                _num(figure.value),
                 f"as above with {cfg['num_envs']} envs per worker; vs Hogwild (batch 1): "
-                f"{_num(figure.get('ratio_vs_hogwild'), 3)}",
+                f"{_num(figure.extra.get('ratio_vs_hogwild'), 3)}",
                 key,
             ))  # fmt: skip
     if "hogwild_frames_per_s" in figures:
-        cfg = hog[0]["configuration"]
-        runs = ", ".join(_num(run["frames_per_s"]) for run in hog)
+        figure = figures["hogwild_frames_per_s"]
+        cfg = figure.configuration
+        runs = ", ".join(_num(run) for run in figure.extra["runs"])
         rows.append((
             "hogwild_frames_per_s",
-            _num(result["hogwild_frames_per_s"]),
+            _num(result.hogwild_frames_per_s),
             f"{cfg['env']}, {cfg['processes']} processes, batch {cfg['num_envs']}, shared model + "
             f"Adam, no network; mean of runs {runs}",
             "hogwild_frames_per_s",
         ))  # fmt: skip
     if "ratio_vs_hogwild" in figures:
-        per_cpu = result.get("ratio_vs_hogwild_per_cpu")
         rows.append((
             "ratio_vs_hogwild",
-            _num(result["ratio_vs_hogwild"], 3),
-            "frames/s ratio; per CPU-second used: " + _num(per_cpu, 3),
+            _num(result.ratio_vs_hogwild, 3),
+            "frames/s ratio; per CPU-second used: " + _num(result.ratio_vs_hogwild_per_cpu, 3),
             "ratio_vs_hogwild",
         ))  # fmt: skip
     if "learner_max_updates_per_s" in figures:
-        ceiling = details["learner_ceiling"]
-        at = ceiling["max_at"]
+        figure = figures["learner_max_updates_per_s"]
+        at = result.learner_max_updates_per_s_at or {}
         others = "; ".join(
             f"{w['wire_dtype']} weights every {w['sync_interval']}: {_num(w['max_updates_per_s'])}"
             + (" (default)" if w["default"] else "")
-            for w in ceiling["by_wire"]
+            for w in figure.extra["by_wire"]
         )
         rows.append((
             "learner_max_updates_per_s",
-            _num(result["learner_max_updates_per_s"]),
+            _num(result.learner_max_updates_per_s),
             f"learner alone, synthetic senders, best phase: {at['senders']} senders, "
             f"{at['wire_dtype']} gradients, weights in every {at['sync_interval']} ack(s). "
-            f"Best by wire: {others}; {ceiling['configuration']['parameters']:,} params",
+            f"Best by wire: {others}; {figure.configuration['parameters']:,} params",
             "learner_max_updates_per_s",
         ))  # fmt: skip
-        for dtype, size in ceiling["bytes_per_update"].items():
+    if "bytes_per_update" in figures:
+        for dtype, size in figures["bytes_per_update"].value.items():
             rows.append((
                 f"bytes_per_update ({dtype})",
                 _num(size["total"]),
@@ -93,13 +94,16 @@ def _headline(result: dict[str, Any]) -> list[str]:
                 "(weights in every ack)",
                 "bytes_per_update",
             ))  # fmt: skip
-    for q in ("p50", "p99"):
-        if f"staleness_{q}" in figures:
+    for key, staleness in (
+        ("staleness_p50", result.staleness_p50),
+        ("staleness_p99", result.staleness_p99),
+    ):
+        if key in figures:
             rows.append((
-                f"staleness_{q}",
-                _num(result[f"staleness_{q}"], 0),
+                key,
+                _num(staleness, 0),
                 "versions behind at apply time (bucket upper bound), system run",
-                f"staleness_{q}",
+                key,
             ))  # fmt: skip
     lines = [
         "| figure | value | configuration | load 1m (start->end) | our/busy cores |",
@@ -110,12 +114,13 @@ def _headline(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _split(result: dict[str, Any]) -> list[str]:
-    system = (result.get("details") or {}).get("system")
+def _split(result: Results) -> list[str]:
+    """From the system benchmark's own output (result.details)."""
+    system = result.details.get("system")
     if not system:
         return []
     split = system["worker_time_split"]
-    hog = (result.get("details") or {}).get("hogwild") or []
+    hog = result.details.get("hogwild") or []
     hog_ms = hog[0]["phase_ms_per_agent_step"] if hog else {}
     lines = [
         "",
@@ -137,7 +142,7 @@ def _split(result: dict[str, Any]) -> list[str]:
         "CPU cores used in the system window: "
         + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
         + f"; whole machine {system['cpu']['machine_busy_cores']:.2f} of "
-        f"{result.get('machine', {}).get('cpus', '?')}."
+        f"{result.machine.get('cpus', '?')}."
         + (
             f" The evaluator played {system['evaluator_episodes']:.0f} games in the window "
             f"(the last: {_num(system.get('evaluator_last_episode_frames'), 0)} frames)."
@@ -148,8 +153,8 @@ def _split(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _scaling(result: dict[str, Any]) -> list[str]:
-    phases = result.get("learner_scaling")
+def _scaling(result: Results) -> list[str]:
+    phases = result.learner_scaling
     if not phases:
         return []
     lines = [
@@ -163,31 +168,30 @@ def _scaling(result: dict[str, Any]) -> list[str]:
     ]
     for p in phases:
         lines.append(
-            f"| {p['senders']} | {p['wire_dtype']} | {p.get('sync_interval', 1)} | "
-            f"{_num(p['updates_per_s'])} | "
-            f"{p['learner_cores']:.2f} | {_num(p['updates_per_learner_cpu_s'])} | "
-            f"{p['sender_cores']:.2f} | {_num(p['apply_ms_mean'], 2)} | "
-            f"{_num(p['staleness_p50'], 0)}/{_num(p['staleness_p99'], 0)} | "
-            f"{p['loadavg_1m']:.1f} | {p['machine_busy_cores']:.2f} |"
+            f"| {p.senders} | {p.wire_dtype} | {p.sync_interval} | "
+            f"{_num(p.updates_per_s)} | "
+            f"{p.learner_cores:.2f} | {_num(p.updates_per_learner_cpu_s)} | "
+            f"{p.sender_cores:.2f} | {_num(p.apply_ms_mean, 2)} | "
+            f"{_num(p.staleness_p50, 0)}/{_num(p.staleness_p99, 0)} | "
+            f"{p.loadavg_1m:.1f} | {p.machine_busy_cores:.2f} |"
         )
     return lines
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    machine = result.get("machine", {})
-    git = result.get("git", {})
+def render_markdown(result: Results) -> str:
+    machine, git = result.machine, result.git
     lines = [
         "# Benchmark results",
         "",
-        f"{result.get('created', '')}, {machine.get('cpus', '?')} CPUs "
+        f"{result.created}, {machine.get('cpus', '?')} CPUs "
         f"({machine.get('processor', '?')}), torch {machine.get('torch', '?')}, commit "
         f"{str(git.get('commit', ''))[:10]}{' (code modified)' if git.get('code_dirty') else ''}"
-        f"{', QUICK mode' if result.get('quick') else ''}. Command: `{result.get('command', '')}`.",
+        f"{', QUICK mode' if result.quick else ''}. Command: `{result.command}`.",
         "",
         *_headline(result),
         *_split(result),
         *_scaling(result),
     ]
-    if result.get("errors"):
-        lines += ["", "Failed: " + ", ".join(sorted(result["errors"])) + " (see results.json)."]
+    if result.errors:
+        lines += ["", "Failed: " + ", ".join(sorted(result.errors)) + " (see results.json)."]
     return "\n".join(lines) + "\n"

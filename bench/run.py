@@ -28,10 +28,9 @@ from bench.hogwild import run_hogwild
 from bench.learner_ceiling import SENDER_COUNTS, run_ceiling
 from bench.measure import REPO, git_state, machine_info, mean
 from bench.report import render_markdown
+from bench.results import Figure, Results, ScalingRow, batched_key
 from bench.system import run_system
 from common.config import load_config
-
-SCHEMA_VERSION = 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_all(args: argparse.Namespace) -> dict[str, Any]:
+def run_all(args: argparse.Namespace) -> Results:
     """Runs the selected benchmarks; a failing one is recorded, the others still run."""
     torch.set_num_threads(1)
     config = load_config(
@@ -153,139 +152,125 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return summarise(args, details, errors)
 
 
-def summarise(
-    args: argparse.Namespace, details: dict[str, Any], errors: dict[str, str]
-) -> dict[str, Any]:
+def summarise(args: argparse.Namespace, details: dict[str, Any], errors: dict[str, str]) -> Results:
     """The headline figures (frames/s, updates/s, bytes per update, the learner's ceiling),
     each with its configuration and load."""
-    system = details.get("system")
-    hogwild_runs = details.get("hogwild") or []
-    ceiling = details.get("learner_ceiling")
-    result: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
-        "quick": args.quick,
-        "git": git_state(),
-        "machine": machine_info(),
-    }
-    figures: dict[str, Any] = {}
-    if hogwild_runs:
-        hog = mean(run["frames_per_s"] for run in hogwild_runs)
-        result["hogwild_frames_per_s"] = round(hog, 1)
-        figures["hogwild_frames_per_s"] = _figure(
-            hog,
-            "env frames/s",
-            hogwild_runs[0]["configuration"],
-            [run["cpu"] for run in hogwild_runs],
-            runs=[run["frames_per_s"] for run in hogwild_runs],
-        )
-    if system:
-        result["system_frames_per_s"] = system["frames_per_s"]
-        figures["system_frames_per_s"] = _figure(
-            system["frames_per_s"], "env frames/s", system["configuration"], [system["cpu"]]
-        )
-        for q in ("p50", "p99"):
-            key = f"staleness_{q}"
-            result[key] = system[key]
-            figures[key] = _figure(
-                system[key], "versions (bucket upper bound)", system["configuration"],
-                [system["cpu"]],
-            )  # fmt: skip
-        result["worker_time_split"] = system["worker_time_split"]["share"]
-        figures["worker_time_split"] = _figure(
-            system["worker_time_split"]["ms_per_agent_step"], "ms per agent step, per worker",
-            system["configuration"], [system["cpu"]],
-        )  # fmt: skip
-    if system and hogwild_runs:
-        result["ratio_vs_hogwild"] = round(
-            system["frames_per_s"] / result["hogwild_frames_per_s"], 3
-        )
-        hog_eff = mean(run["frames_per_s"] / run["cpu"]["our_cores"] for run in hogwild_runs)
-        if system.get("frames_per_cpu_s"):
-            result["ratio_vs_hogwild_per_cpu"] = round(system["frames_per_cpu_s"] / hog_eff, 3)
-        figures["ratio_vs_hogwild"] = _figure(
-            result["ratio_vs_hogwild"],
-            "system / Hogwild frames/s",
-            {"system": system["configuration"]["what"], "hogwild": "mean of the bracketing runs"},
-            [system["cpu"], *[run["cpu"] for run in hogwild_runs]],
-            per_cpu=result.get("ratio_vs_hogwild_per_cpu"),
-        )
+    results = Results(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        command="python -m bench.run " + " ".join(sys.argv[1:]),
+        quick=args.quick,
+        git=git_state(),
+        machine=machine_info(),
+        details=details,
+        errors=errors,
+    )
+    _hogwild(results, details.get("hogwild") or [])
+    if details.get("system"):
+        _system(results, details["system"], details.get("hogwild") or [])
     for name, batched in details.items():
-        if not (name.startswith("system_num_envs_") and batched):
-            continue
-        result[f"{name}_frames_per_s"] = batched["frames_per_s"]
-        ratio = batched["frames_per_s"] / result["hogwild_frames_per_s"] if hogwild_runs else None
-        figures[f"{name}_frames_per_s"] = _figure(
-            batched["frames_per_s"],
-            "env frames/s",
-            batched["configuration"],
-            [batched["cpu"]],
-            ratio_vs_hogwild=round(ratio, 3) if ratio else None,
-        )
-    if ceiling:
-        at = ceiling["max_at"]
-        result["learner_max_updates_per_s"] = ceiling["max_updates_per_s"]
-        result["learner_max_updates_per_s_at"] = at
-        result["learner_default_wire_max_updates_per_s"] = ceiling["default_wire_max_updates_per_s"]
-        result["learner_updates_per_cpu_s"] = max(
-            w["max_updates_per_learner_cpu_s"] for w in ceiling["by_wire"]
-        )
-        result["bytes_per_update"] = {
-            dtype: sizes["total"] for dtype, sizes in ceiling["bytes_per_update"].items()
-        }
-        result["learner_scaling"] = [
-            {
-                key: phase[key]
-                for key in (
-                    "senders", "wire_dtype", "sync_interval", "updates_per_s", "learner_cores",
-                    "updates_per_learner_cpu_s", "sender_cores",
-                    "apply_ms_mean", "staleness_p50", "staleness_p99",
-                )
-            }
-            | {"loadavg_1m": phase["cpu"]["loadavg_start"][0],
-               "machine_busy_cores": phase["cpu"]["machine_busy_cores"]}
-            for phase in ceiling["scaling"]
-        ]  # fmt: skip
-        cpus = [phase["cpu"] for phase in ceiling["scaling"]]
-        figures["learner_max_updates_per_s"] = _figure(
-            ceiling["max_updates_per_s"],
-            f"updates/s ({at['senders']} senders, {at['wire_dtype']} gradients, weights in "
-            f"every {at['sync_interval']} ack(s))",
-            ceiling["configuration"],
-            cpus,
-            by_wire=ceiling["by_wire"],
-        )
-        figures["bytes_per_update"] = _figure(
-            ceiling["bytes_per_update"], "bytes (gradient message + ack with weights)",
-            ceiling["configuration"], cpus,
-        )  # fmt: skip
-    result["figures"] = figures
-    result["details"] = details
-    if errors:
-        result["errors"] = errors
-    return result
+        if name.startswith("system_num_envs_") and batched:
+            _batched(results, batched)
+    if details.get("learner_ceiling"):
+        _ceiling(results, details["learner_ceiling"])
+    return results
 
 
-def _figure(
-    value: Any, unit: str, configuration: Any, cpus: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    return {
-        "value": value,
-        "unit": unit,
-        "configuration": configuration,
-        "loadavg_1m": [[cpu["loadavg_start"][0], cpu["loadavg_end"][0]] for cpu in cpus],
-        "machine_busy_cores": [cpu["machine_busy_cores"] for cpu in cpus],
-        "our_cores": [cpu["our_cores"] for cpu in cpus],
-        **extra,
+def _hogwild(results: Results, runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        return
+    hog = mean(run["frames_per_s"] for run in runs)
+    results.hogwild_frames_per_s = round(hog, 1)
+    results.figures["hogwild_frames_per_s"] = Figure.measured(
+        hog,
+        "env frames/s",
+        runs[0]["configuration"],
+        [run["cpu"] for run in runs],
+        runs=[run["frames_per_s"] for run in runs],
+    )
+
+
+def _system(results: Results, system: dict[str, Any], hogwild: list[dict[str, Any]]) -> None:
+    configuration, cpus = system["configuration"], [system["cpu"]]
+    results.system_frames_per_s = system["frames_per_s"]
+    results.figures["system_frames_per_s"] = Figure.measured(
+        system["frames_per_s"], "env frames/s", configuration, cpus
+    )
+    results.staleness_p50 = system["staleness_p50"]
+    results.staleness_p99 = system["staleness_p99"]
+    for key in ("staleness_p50", "staleness_p99"):
+        results.figures[key] = Figure.measured(
+            system[key], "versions (bucket upper bound)", configuration, cpus
+        )
+    results.worker_time_split = system["worker_time_split"]["share"]
+    results.figures["worker_time_split"] = Figure.measured(
+        system["worker_time_split"]["ms_per_agent_step"],
+        "ms per agent step, per worker",
+        configuration,
+        cpus,
+    )
+    if not hogwild or results.hogwild_frames_per_s is None:
+        return
+    results.ratio_vs_hogwild = round(system["frames_per_s"] / results.hogwild_frames_per_s, 3)
+    hog_eff = mean(run["frames_per_s"] / run["cpu"]["our_cores"] for run in hogwild)
+    if system.get("frames_per_cpu_s"):
+        results.ratio_vs_hogwild_per_cpu = round(system["frames_per_cpu_s"] / hog_eff, 3)
+    results.figures["ratio_vs_hogwild"] = Figure.measured(
+        results.ratio_vs_hogwild,
+        "system / Hogwild frames/s",
+        {"system": configuration["what"], "hogwild": "mean of the bracketing runs"},
+        [system["cpu"], *[run["cpu"] for run in hogwild]],
+        per_cpu=results.ratio_vs_hogwild_per_cpu,
+    )
+
+
+def _batched(results: Results, batched: dict[str, Any]) -> None:
+    num_envs = int(batched["configuration"]["num_envs"])
+    results.batched_frames_per_s[num_envs] = batched["frames_per_s"]
+    hog = results.hogwild_frames_per_s
+    ratio = batched["frames_per_s"] / hog if hog else None
+    results.figures[batched_key(num_envs)] = Figure.measured(
+        batched["frames_per_s"],
+        "env frames/s",
+        batched["configuration"],
+        [batched["cpu"]],
+        ratio_vs_hogwild=round(ratio, 3) if ratio else None,
+    )
+
+
+def _ceiling(results: Results, ceiling: dict[str, Any]) -> None:
+    at = ceiling["max_at"]
+    results.learner_max_updates_per_s = ceiling["max_updates_per_s"]
+    results.learner_max_updates_per_s_at = at
+    results.learner_default_wire_max_updates_per_s = ceiling["default_wire_max_updates_per_s"]
+    results.learner_updates_per_cpu_s = max(
+        w["max_updates_per_learner_cpu_s"] for w in ceiling["by_wire"]
+    )
+    results.bytes_per_update = {
+        dtype: sizes["total"] for dtype, sizes in ceiling["bytes_per_update"].items()
     }
+    results.learner_scaling = [ScalingRow.from_phase(phase) for phase in ceiling["scaling"]]
+    cpus = [phase["cpu"] for phase in ceiling["scaling"]]
+    results.figures["learner_max_updates_per_s"] = Figure.measured(
+        ceiling["max_updates_per_s"],
+        f"updates/s ({at['senders']} senders, {at['wire_dtype']} gradients, weights in "
+        f"every {at['sync_interval']} ack(s))",
+        ceiling["configuration"],
+        cpus,
+        by_wire=ceiling["by_wire"],
+    )
+    results.figures["bytes_per_update"] = Figure.measured(
+        ceiling["bytes_per_update"],
+        "bytes (gradient message + ack with weights)",
+        ceiling["configuration"],
+        cpus,
+    )
 
 
-def write_results(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_results(result: Results, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     for path, text in (
-        (json_path, json.dumps(result, indent=2, default=str) + "\n"),
+        (json_path, json.dumps(result.to_json(), indent=2, default=str) + "\n"),
         (md_path, render_markdown(result)),
     ):
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -298,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     result = run_all(args)
-    result["wall_s"] = round(time.monotonic() - started, 1)
+    result.wall_s = round(time.monotonic() - started, 1)
     json_path, md_path = write_results(result, args.out_dir)
     print(md_path.read_text())
-    print(f"bench: wrote {json_path} and {md_path} in {result['wall_s']:.0f}s", file=sys.stderr)
-    return 1 if result.get("errors") else 0
+    print(f"bench: wrote {json_path} and {md_path} in {result.wall_s:.0f}s", file=sys.stderr)
+    return 1 if result.errors else 0
 
 
 if __name__ == "__main__":

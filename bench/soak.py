@@ -4,6 +4,8 @@ flood of malformed messages, and record every process's resident memory over tim
 Memory must stay flat: a learner that leaks per message, a worker that queues gradients, or an
 evaluator that keeps old weights would show as a slope. Writes bench/soak.json with the series
 and, per process, RSS after warm-up, at the end, its maximum and the slope in MiB per minute.
+The cluster is `a3c run`'s own (services.local.launcher), without its restarts: a process that
+dies under the flood is a finding, listed under `died`, not something to paper over.
 
     python -m bench.soak                       # 10 minutes, Breakout, 2 workers
     python -m bench.soak --seconds 120 --env CartPole-v1
@@ -13,51 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
+import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
+from common.config import load_config
+from services.local.launcher import Child, LocalCluster
+
 REPO = Path(__file__).resolve().parent.parent
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") / 1024
 
 
-def rss_mib(pid: int) -> float | None:
-    try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
+def rss_mib(child: Child) -> float | None:
+    """Resident memory of a running child; None once it has exited."""
+    if not child.alive():
         return None
-    return pages * PAGE_KIB / 1024
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def role(pid: int) -> str:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    text = [part.decode(errors="replace") for part in argv]
-    name = next((p.split(".")[-1] for p in text if p.startswith("services.")), "?")
-    if "--worker-id" in text and text[text.index("--worker-id") + 1]:
-        name = text[text.index("--worker-id") + 1]
-    return name
+        return psutil.Process(child.pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return None
 
 
 def flood(address: str, stop: threading.Event, per_second: float, sent: list[int]) -> None:
@@ -87,14 +69,11 @@ def flood(address: str, stop: threading.Event, per_second: float, sent: list[int
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
-    if len(points) < 2:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
+    if len(points) < 2 or len({t for t, _ in points}) < 2:
         return 0.0
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
-    return 60.0 * cov / var if var else 0.0
+    times, values = zip(*points, strict=True)
+    return 60.0 * statistics.linear_regression(times, values).slope
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -109,59 +88,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     run_dir = Path(tempfile.mkdtemp(prefix="a3c-soak-"))
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "run",
-            "--env",
-            args.env,
-            "--workers",
-            str(args.workers),
-            "--duration",
-            str(args.seconds + 30),
-            "--run-dir",
-            str(run_dir),
-            "--progress-interval",
-            "30",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    config = load_config({"env": args.env, "workers": args.workers, "run_dir": run_dir})
     stop = threading.Event()
     sent = [0]
     series: dict[str, list[tuple[float, float]]] = {}
-    started = time.monotonic()
-    try:
-        deadline = time.monotonic() + 60
-        while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        port = json.loads((run_dir / "config.json").read_text())["learner_port"]
-        threading.Thread(
+    died: dict[str, int | None] = {}
+    with LocalCluster(config) as cluster:
+        started = time.monotonic()
+        flooder = threading.Thread(
             target=flood,
-            args=(f"127.0.0.1:{port}", stop, args.flood_per_second, sent),
+            args=(cluster.learner_address, stop, args.flood_per_second, sent),
             daemon=True,
-        ).start()
-        while time.monotonic() - started < args.seconds:
-            now = time.monotonic() - started
-            for pid in children(launcher.pid):
-                value = rss_mib(pid)
-                if value is not None:
-                    series.setdefault(role(pid), []).append((round(now, 1), round(value, 2)))
-            print(
-                f"[{now:5.0f}s] "
-                + "  ".join(
-                    f"{name} {points[-1][1]:.0f}MiB" for name, points in sorted(series.items())
-                ),
-                flush=True,
-            )
-            time.sleep(args.interval)
-    finally:
-        stop.set()
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(60)
+        )
+        flooder.start()
+        try:
+            while time.monotonic() - started < args.seconds:
+                now = time.monotonic() - started
+                for child in cluster.children:
+                    value = rss_mib(child)
+                    if value is not None:
+                        series.setdefault(child.name, []).append((round(now, 1), round(value, 2)))
+                    elif child.name not in died and child.process is not None:
+                        died[child.name] = child.process.poll()
+                print(
+                    f"[{now:5.0f}s] "
+                    + "  ".join(
+                        f"{name} {points[-1][1]:.0f}MiB" for name, points in sorted(series.items())
+                    )
+                    + (f"  died: {sorted(died)}" if died else ""),
+                    flush=True,
+                )
+                time.sleep(args.interval)
+            learner = cluster.metrics("learner")
+        finally:
+            stop.set()
+            flooder.join(5)
     summary = {}
     for name, points in sorted(series.items()):
         steady = [(t, v) for t, v in points if t >= args.warmup] or points
@@ -171,7 +132,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rss_max_mib": max(v for _, v in points),
             "slope_mib_per_min": round(slope_per_minute(steady), 3),
         }
-    run_summary = json.loads((run_dir / "summary.json").read_text())
     result = {
         "config": {
             "env": args.env,
@@ -181,8 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "flood_per_second": args.flood_per_second,
         },
         "bad_messages_sent": sent[0],
-        "frames": run_summary["frames"],
-        "updates": run_summary["updates"],
+        "frames": int(learner.get("a3c_learner_env_frames_total")),
+        "updates": int(learner.get("a3c_learner_updates_total")),
+        "died": died,
         "processes": summary,
         "series": series,
         "run_dir": str(run_dir),

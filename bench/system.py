@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import CpuWindow, bucket_quantile, delta, window_buckets
+from bench.measure import CpuWindow
 from common.config import Config, load_config
 from common.envs import frames_per_step
-from common.metrics import scrape
-from services.local.launcher import Child, LocalCluster
+from common.samples import Samples
+from services.local.launcher import LocalCluster
 
 START_TIMEOUT_S = 180.0
 WORKER_PHASES = ("env", "forward", "backward", "wire")
@@ -47,26 +47,20 @@ def run_system(
     config: Config, seconds: float = 60.0, warmup: float = 20.0, evaluator: bool = True
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="a3c-bench-system-") as tmp:
-        cluster = LocalCluster(
-            config.model_copy(update={"run_dir": Path(tmp), "run_evaluator": evaluator})
-        )
-        try:
-            for child in cluster.children:
-                child.start(cluster.env)
+        run = config.model_copy(update={"run_dir": Path(tmp), "run_evaluator": evaluator})
+        with LocalCluster(run) as cluster:
             _wait_for_updates(cluster)
             time.sleep(warmup)
-            return _measure(cluster, config, seconds, evaluator)
-        finally:
-            cluster.stop()
+            return _measure(cluster, config, seconds)
 
 
 def _wait_for_updates(cluster: LocalCluster) -> None:
     """Warm-up starts once every worker has had a gradient applied (start-up excluded)."""
-    workers = _workers(cluster)
+    workers = cluster.processes("worker")
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        _check_alive(cluster)
-        acked = [scrape(w.metrics_port).get("a3c_worker_gradients_acked_total", 0) for w in workers]
+        cluster.check_alive()
+        acked = [w.metrics().get("a3c_worker_gradients_acked_total") for w in workers]
         if all(n > 0 for n in acked):
             return
         if time.monotonic() > deadline:
@@ -74,49 +68,33 @@ def _wait_for_updates(cluster: LocalCluster) -> None:
         time.sleep(0.5)
 
 
-def _workers(cluster: LocalCluster) -> list[Child]:
-    return [c for c in cluster.children if c.name.startswith("worker")]
+def _scrape(cluster: LocalCluster) -> dict[str, list[Samples]]:
+    return {role: [c.metrics() for c in cluster.processes(role)] for role in cluster.roles}
 
 
-def _check_alive(cluster: LocalCluster) -> None:
-    for child in cluster.children:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} died:\n{child.log_tail()}")
-
-
-def _measure(
-    cluster: LocalCluster, config: Config, seconds: float, evaluator: bool
-) -> dict[str, Any]:
-    workers = _workers(cluster)
-    pids = {c.name: c.process.pid for c in cluster.children if c.process is not None}
-    cpu = CpuWindow(pids)
-    evaluator_port = cluster.evaluator.metrics_port if cluster.evaluator is not None else None
-    eval_before = scrape(evaluator_port) if evaluator_port else {}
-    learner_before = scrape(cluster.learner.metrics_port)
-    workers_before = [scrape(w.metrics_port) for w in workers]
+def _measure(cluster: LocalCluster, config: Config, seconds: float) -> dict[str, Any]:
+    cpu = CpuWindow({c.name: c.pid for c in cluster.children})
+    before = _scrape(cluster)
     cpu.start()
     time.sleep(seconds)
-    learner_after = scrape(cluster.learner.metrics_port)
-    eval_after = scrape(evaluator_port) if evaluator_port else {}
-    workers_after = [scrape(w.metrics_port) for w in workers]
+    after = _scrape(cluster)
     cpu.stop()
-    _check_alive(cluster)
-    if not learner_after or not all(workers_after):
+    cluster.check_alive()
+    if not all([*after["learner"], *after["worker"]]):
         raise RuntimeError("a service stopped answering /metrics during the window")
+    window = {
+        role: [a.delta(b) for a, b in zip(pages, before[role], strict=True)]
+        for role, pages in after.items()
+    }
     wall = cpu.wall_s
-    frames = delta(learner_after, learner_before, "a3c_learner_env_frames_total")
-    updates = delta(learner_after, learner_before, "a3c_learner_updates_total")
-    played = sum(
-        delta(a, b, "a3c_worker_env_frames_total")
-        for a, b in zip(workers_after, workers_before, strict=True)
-    )
-    staleness = window_buckets(learner_after, learner_before, "a3c_learner_gradient_staleness")
-    rejected = sum(
-        v - learner_before.get(k, 0.0)
-        for k, v in learner_after.items()
-        if k.startswith("a3c_learner_gradients_rejected_total")
-    )
-    split = _worker_split(workers_after, workers_before, wall, config)
+    learner = window["learner"][0]
+    frames = learner.get("a3c_learner_env_frames_total")
+    updates = learner.get("a3c_learner_updates_total")
+    played = sum(w.get("a3c_worker_env_frames_total") for w in window["worker"])
+    staleness = learner.buckets("a3c_learner_gradient_staleness")
+    split = _worker_split(window["worker"], wall, config)
+    evaluator = "evaluator" in cluster.roles
+    evaluator_now = after["evaluator"][0] if evaluator else Samples()
     cores = cpu.report()
     cluster_cores = cores["our_cores"]
     return {
@@ -124,15 +102,21 @@ def _measure(
         "frames_per_s_played": round(played / wall, 1),
         "updates_per_s": round(updates / wall, 2),
         "frames_per_cpu_s": round(frames / wall / cluster_cores, 1) if cluster_cores else None,
-        "staleness_p50": bucket_quantile(staleness, 0.5),
-        "staleness_p99": bucket_quantile(staleness, 0.99),
+        "staleness_p50": learner.quantile("a3c_learner_gradient_staleness", 0.5),
+        "staleness_p99": learner.quantile("a3c_learner_gradient_staleness", 0.99),
         "staleness_buckets": [[b, round(n)] for b, n in staleness],
-        "rejected": round(rejected),
+        "rejected": round(learner.total("a3c_learner_gradients_rejected_total")),
         "worker_time_split": split,
         "evaluator_cores": cores["cores"].get("evaluator"),
         # Its CPU depends on how long the current policy's games last: say how many it played.
-        "evaluator_episodes": delta(eval_after, eval_before, "a3c_evaluator_episodes_total"),
-        "evaluator_last_episode_frames": eval_after.get("a3c_evaluator_episode_frames"),
+        "evaluator_episodes": (
+            window["evaluator"][0].get("a3c_evaluator_episodes_total") if evaluator else 0.0
+        ),
+        "evaluator_last_episode_frames": (
+            evaluator_now.get("a3c_evaluator_episode_frames")
+            if evaluator_now.has("a3c_evaluator_episode_frames")
+            else None
+        ),
         "configuration": {
             "what": "a3c run wiring: learner + workers"
             + (" + evaluator" if evaluator else " (no evaluator)")
@@ -146,19 +130,17 @@ def _measure(
     }
 
 
-def _worker_split(
-    after: list[dict[str, float]], before: list[dict[str, float]], wall: float, config: Config
-) -> dict[str, Any]:
+def _worker_split(window: list[Samples], wall: float, config: Config) -> dict[str, Any]:
     """Where the workers' wall time went, as shares of the window and as ms per agent step.
     `wire` is gradient encoding + send + waiting for the ack + loading the weights it carries;
     `other` is what the phases do not cover (metrics, loop overhead)."""
     seconds = {phase: 0.0 for phase in WORKER_PHASES}
     steps = 0.0
-    for a, b in zip(after, before, strict=True):
+    for worker in window:
         for phase in WORKER_PHASES:
-            seconds[phase] += delta(a, b, f'a3c_worker_phase_seconds_total{{phase="{phase}"}}')
-        steps += delta(a, b, "a3c_worker_env_frames_total") / frames_per_step(config.env)
-    total = wall * len(after)
+            seconds[phase] += worker.get("a3c_worker_phase_seconds_total", phase=phase)
+        steps += worker.get("a3c_worker_env_frames_total") / frames_per_step(config.env)
+    total = wall * len(window)
     seconds["other"] = max(total - sum(seconds.values()), 0.0)
     return {
         "share": {phase: round(s / total, 3) for phase, s in seconds.items()},

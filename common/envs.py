@@ -4,7 +4,7 @@ Atari (`ALE/*`): grey frames cropped to the playing field, resized to 42x42 and 
 by their own mean and std (no running statistics), FIRE once at game start, and for training
 only clipped rewards and a lost-life signal that ends the return. Training and evaluation play
 the same game the same way: the agent serves after a lost life by itself, and nothing is reset or
-played for it in between. Evaluation is the standard protocol (DESIGN section 1): full games,
+played for it in between. Evaluation is the standard protocol: full games,
 raw score, sticky actions 0.25, up to 30 no-op starts, 108,000-frame cap. Every emulator frame
 is counted, those the wrappers play included (`info["frames_total"]`).
 

@@ -9,7 +9,6 @@ Secret; and Kubernetes' copies of the monitoring files must be the files themsel
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from unittest import mock
@@ -130,7 +129,7 @@ def _check_a3c_container(r: Resources, pod: Pod, c: Doc, env: dict[str, str]) ->
         )
     key_file = env.get("A3C_AUTH_KEY_FILE")
     mount = _mount_for(c, key_file) if key_file else None
-    volume = next(
+    volume: Doc = next(
         (v for v in pod.spec.get("volumes", []) if mount and v["name"] == mount["name"]), {}
     )
     if not key_file or "secret" not in volume:
@@ -273,33 +272,17 @@ def check_monitoring(r: Resources, sources: MonitoringSources) -> list[str]:
     return problems
 
 
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"),
-}
-
-
-def known_metric_names() -> set[str]:
-    """Every series name the services expose, from the registries in common/metrics.py."""
-    from common import metrics
-
-    names = set()
-    for factory in (metrics.learner_metrics, metrics.worker_metrics, metrics.evaluator_metrics):
-        for family in factory().registry.collect():
-            names |= {family.name + s for s in _SUFFIXES.get(family.type, ("",))}
-    return names
-
-
 def unknown_metric_problems(queries: dict[str, str]) -> list[str]:
     """A query naming a metric the services do not expose shows nothing and alerts never."""
     try:
-        known = known_metric_names()
+        from common.samples import exposed_names, metric_names
+
+        known = exposed_names()
     except ImportError as error:
         return [f"cannot import common.metrics to check metric names ({error})"]
     problems = []
     for where, expr in queries.items():
-        for name in sorted(set(re.findall(r"\ba3c_[a-zA-Z0-9_]+", expr)) - known):
+        for name in sorted(metric_names(expr) - known):
             problems.append(f"{where}: no service exposes a metric named {name}")
     return problems
 

@@ -67,7 +67,7 @@ def containers(pod: Pod, init: bool = True) -> Iterator[Doc]:
 
 
 def selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    return bool(selector) and all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
 # --- Every resource and every pod -------------------------------------------------------

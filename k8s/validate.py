@@ -43,6 +43,18 @@ PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 DASHBOARD = MONITORING / "grafana" / "a3c-dashboard.json"
 PROMETHEUS_RULE = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
 DATASOURCE_UID = "prometheus"
+DASHBOARD_TOPICS = (
+    "score",
+    "frames/s",
+    "updates/s",
+    "staleness",
+    "rejected",
+    "workers",
+    "loss",
+    "entropy",
+    "apply",
+)
+"""What the dashboard must have a panel about (words of the panel titles)."""
 # Custom resources have no schema in kubernetes-validate; a3c_policy checks these instead.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -110,7 +122,9 @@ def monitoring_sources() -> a3c_policy.MonitoringSources:
 
 
 def dashboard_problems(text: str) -> list[str]:
-    """Provisioning needs a fixed datasource uid, unique panel ids and a query in each target."""
+    """Provisioning needs a fixed datasource uid, unique panel ids, a place on the grid and a
+    query in each target; a reader needs a panel on each of DASHBOARD_TOPICS. (The metric
+    names are checked with the alert rules': source_problems.)"""
     where = "grafana/a3c-dashboard.json"
     try:
         dashboard = json.loads(text)
@@ -126,15 +140,26 @@ def dashboard_problems(text: str) -> list[str]:
         if panel.get("type") == "row":
             continue
         title = panel.get("title", panel.get("id"))
-        sources = [panel.get("datasource")] + [t.get("datasource") for t in panel["targets"]]
+        if not panel.get("gridPos"):
+            problems.append(f"{where}: panel {title!r} has no gridPos")
+        targets = panel.get("targets") or []
+        sources = [panel.get("datasource")] + [t.get("datasource") for t in targets]
         for source in sources:
             if not isinstance(source, dict) or source.get("uid") != DATASOURCE_UID:
                 problems.append(
                     f"{where}: panel {title!r}: datasource uid must be "
                     f"{DATASOURCE_UID!r}, not {source!r}"
                 )
-        if not panel.get("targets") or not all(t.get("expr") for t in panel["targets"]):
+        if not targets or not all(t.get("expr") for t in targets):
             problems.append(f"{where}: panel {title!r} has a target without a query")
+    titles = " ".join(
+        str(p.get("title", "")).lower()
+        for p in dashboard.get("panels", [])
+        if p.get("type") != "row"
+    )
+    problems += [
+        f"{where}: no panel about {topic}" for topic in DASHBOARD_TOPICS if topic not in titles
+    ]
     return problems
 
 

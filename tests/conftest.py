@@ -1,42 +1,57 @@
-"""Shared helpers: start real service processes on free loopback ports, read their metrics,
-and wait for conditions (polling with a deadline, never a fixed sleep)."""
+"""Shared helpers: start real service processes on free loopback ports (with the flags and
+process handling of `a3c run`'s own launcher), read their metrics, and wait for conditions
+(polling with a deadline, never a fixed sleep)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 import pytest
 
-from common.metrics import scrape
-from services.local.launcher import free_port
+from services.local.launcher import Child, free_port, service_args
+
+__all__ = ["REPO", "Cluster", "Service", "free_port", "http_status", "k8s_validate", "wait_for"]
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` at the deadline."""
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll `condition` until it returns something truthy, and return that; fail naming `what`
+    and the last answer at the deadline. Errors in `retry_on` count as a falsy answer (a
+    service still starting, a container being restarted)."""
     deadline = time.monotonic() + timeout
+    last: Any = None
     while True:
-        value = condition()
-        if value:
-            return value
+        try:
+            last = condition()
+        except retry_on as error:
+            last = error
+        else:
+            if last:
+                return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
+            )
         time.sleep(interval)
-
-
-def metrics(port: int) -> dict[str, float]:
-    """Every sample keyed by name plus labels, e.g. 'x_total{reason="a"}'."""
-    return scrape(port)
 
 
 def http_status(port: int, path: str) -> int:
@@ -49,41 +64,52 @@ def http_status(port: int, path: str) -> int:
         return 0
 
 
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen
-    metrics_port: int
-    log_path: Path
+@functools.cache
+def k8s_validate() -> ModuleType:
+    """k8s/validate.py (and its sibling policies), which is a script, not a package."""
+    spec = importlib.util.spec_from_file_location("k8s_validate", REPO / "k8s" / "validate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def metrics(self) -> dict[str, float]:
-        return metrics(self.metrics_port)
 
-    def value(self, key: str) -> float:
-        return self.metrics().get(key, 0.0)
+class Service(Child):
+    """A started child, with what tests ask of it."""
+
+    @property
+    def popen(self) -> subprocess.Popen:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample of its /metrics now (0 if absent), e.g. value("x_total", reason="a")."""
+        return self.metrics().get(name, **labels)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; the exit code (fails the test if it does not stop in time)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        process = self.popen
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            return process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            process.kill()
             raise AssertionError(
                 f"{self.name} ignored SIGTERM for {timeout}s:\n{self.log()[-2000:]}"
             ) from None
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        self.popen.kill()
+        self.popen.wait()
 
 
 class Cluster:
-    """Starts services as `python -m services.<role>` processes; stops them all at the end."""
+    """Starts services one at a time, as the launcher builds them, on one learner port; stops
+    them all at the end. Unlike `a3c run` each test picks its roles, flags and environment."""
 
     def __init__(self, tmp_path: Path, env_id: str = "CartPole-v1") -> None:
         self.tmp_path = tmp_path
@@ -98,50 +124,34 @@ class Cluster:
     def start(
         self, role: str, name: str | None = None, *args: str, env: dict[str, str] | None = None
     ) -> Service:
+        """`python -m services.<role>` with the wiring flags, then `args`; waits for /metrics.
+        Only the wiring is set by flags, so `env` (A3C_*) decides everything else."""
         name = name or role
         metrics_port = free_port()
-        log_path = self.tmp_path / f"{name}.log"
-        # Each role takes only the flags it reads: the learner binds, the others connect.
-        checkpoints = str(self.tmp_path / "ckpt")
-        wiring = (
-            ["--host", "127.0.0.1", "--port", str(self.port), "--checkpoint-dir", checkpoints]
-            if role == "learner"
-            else ["--learner", self.address]
+        wiring = service_args(
+            role,
+            env=self.env_id,
+            metrics_port=metrics_port,
+            host="127.0.0.1",
+            port=self.port,
+            checkpoint_dir=self.tmp_path / "ckpt",
+            learner=self.address,
         )
-        command = [
-            sys.executable,
-            "-m",
-            f"services.{role}",
-            "--env",
-            self.env_id,
-            "--metrics-port",
-            str(metrics_port),
-            *wiring,
-            *args,
-        ]
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={**os.environ, **(env or {})},
-            )
-        service = Service(name, process, metrics_port, log_path)
+        service = Service(name, [*wiring, *args], self.tmp_path / f"{name}.log", metrics_port)
+        service.start({**os.environ, **(env or {})})
         self.services.append(service)
         wait_for(
-            lambda: service.metrics() or service.process.poll() is not None,
+            lambda: service.metrics() or service.popen.poll() is not None,
             60,
             f"{name} to serve /metrics",
         )
-        assert service.process.poll() is None, f"{name} died:\n{service.log()[-3000:]}"
+        assert service.popen.poll() is None, f"{name} died:\n{service.log()[-3000:]}"
         return service
 
     def stop_all(self) -> None:
         for service in reversed(self.services):
-            if service.process.poll() is None:
-                service.process.kill()
-                service.process.wait()
+            if service.popen.poll() is None:
+                service.kill()
 
 
 @pytest.fixture

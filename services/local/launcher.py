@@ -6,6 +6,10 @@ prints progress read from the learner's own /metrics and the evaluator's eval.js
 a child that dies, and stops by itself at --max-frames, --duration or --target-score. On
 Ctrl-C or SIGTERM it stops workers and evaluator first, then the learner (which writes its
 final checkpoint).
+
+The benchmarks and the soak start the same cluster without the supervision loop:
+`with LocalCluster(config) as cluster:` starts every child and stops them in order on exit;
+`cluster.processes(role)`, `cluster.pid(role, i)` and `cluster.metrics(role, i)` find them.
 """
 
 from __future__ import annotations
@@ -18,17 +22,25 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import load_newest
-from common.config import Config
-from common.metrics import scrape
+from common.config import Config, to_cli_args
+from common.samples import Samples, metrics_url, scrape
 
 STOP_TIMEOUT_S = 20.0
 MAX_RESTARTS = 5
+ROLES = ("learner", "worker", "evaluator")
+"""In start order; `stop()` goes the other way, so the learner's final checkpoint comes last."""
+
+
+class ChildDied(RuntimeError):
+    """A child of the cluster exited while it should be running (its log tail is the message)."""
 
 
 def free_port(pair: bool = False) -> int:
@@ -50,25 +62,52 @@ def free_port(pair: bool = False) -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
+def service_args(role: str, config: Config | None = None, **settings: Any) -> list[str]:
+    """`-m services.<role>` and its flags: the config's fields for that role plus `settings`,
+    or with no config `settings` alone. Settings a role does not read are dropped, so one dict
+    of wiring (addresses, ports, paths) serves every role."""
+    flags = config.to_cli_args(role, **settings) if config else to_cli_args(role, **settings)
+    return [f"services.{role}", *flags]
+
+
 @dataclass
 class Child:
+    """One `python -m services.<role>` process, restartable, its output appended to a log."""
+
     name: str
     args: list[str]
     log_path: Path
     metrics_port: int
     process: subprocess.Popen | None = None
     restarts: int = 0
-    log_handle: Any = field(default=None, repr=False)
 
-    def start(self, env: dict[str, str]) -> None:
-        self.log_handle = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.args],
-            stdout=self.log_handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches only the launcher, which stops in order
-        )
+    @property
+    def role(self) -> str:
+        return self.args[0].removeprefix("services.")
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ChildDied(f"{self.name} was never started")
+        return self.process.pid
+
+    @property
+    def metrics_url(self) -> str:
+        return metrics_url(self.metrics_port)
+
+    def metrics(self) -> Samples:
+        return scrape(self.metrics_port)
+
+    def start(self, env: Mapping[str, str]) -> None:
+        # The child holds its own copy of the log's descriptor; ours closes at once.
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,  # Ctrl-C reaches only the launcher, which stops in order
+            )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -84,8 +123,6 @@ class Child:
                 print(f"  {self.name} did not stop in {timeout:.0f}s; killing it", flush=True)
                 self.process.kill()
                 self.process.wait()
-        if self.log_handle is not None:
-            self.log_handle.close()
         return self.process.returncode
 
     def log_tail(self, lines: int = 15) -> str:
@@ -124,8 +161,23 @@ def eval_summary(records: list[dict[str, Any]], window: int) -> dict[str, Any]:
 
 
 class LocalCluster:
-    def __init__(self, config: Config) -> None:
+    """Learner, workers and evaluator of one run as local processes; `run()` is `a3c run`.
+
+    `roles` picks which of them to build (the learner ceiling wants a learner alone); the
+    evaluator is built only where the config asks for it. `env` is the children's environment
+    (default: this process's), plus the config's key as A3C_AUTH_KEY."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        roles: Iterable[str] = ROLES,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
+        wanted = set(roles)
+        if "learner" not in wanted or not wanted <= set(ROLES):
+            raise ValueError(f"roles must include the learner and be among {ROLES}: {roles}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = re.sub(r"[^A-Za-z0-9]+", "-", config.env).strip("-").lower()
         self.run_dir = config.run_dir or Path("runs") / f"{name}-{stamp}"
@@ -145,7 +197,7 @@ class LocalCluster:
         self.learner = self._child(
             "learner", "learner", common, checkpoint_dir=self.run_dir / "checkpoints"
         )
-        for i in range(config.workers):
+        for i in range(config.workers if "worker" in wanted else 0):
             self._child(
                 f"worker-{i}",
                 "worker",
@@ -161,7 +213,7 @@ class LocalCluster:
                 eval_log=self.eval_log,
                 best_model_path=self.run_dir / "best.pt",
             )
-            if config.run_evaluator
+            if config.run_evaluator and "evaluator" in wanted
             else None
         )
         (self.run_dir / "config.json").write_text(
@@ -176,7 +228,7 @@ class LocalCluster:
             )
             + "\n"
         )
-        self.env = dict(os.environ)
+        self.env = dict(os.environ if env is None else env)
         if config.auth_key is not None:
             self.env["A3C_AUTH_KEY"] = config.auth_key.get_secret_value()
 
@@ -184,23 +236,84 @@ class LocalCluster:
         """A `python -m services.<role>` child with this run's settings; `common` holds what
         every child gets (SET_BY_LAUNCHER), each role takes the flags it reads from it."""
         metrics_port = free_port()
-        flags = self.config.to_cli_args(role, **common, metrics_port=metrics_port, **overrides)
-        args = [f"services.{role}", *flags]
+        args = service_args(role, self.config, **common, metrics_port=metrics_port, **overrides)
         child = Child(name, args, self.run_dir / "logs" / f"{name}.log", metrics_port)
         self.children.append(child)
         return child
 
+    # --- The public interface: roles, processes, start and stop -------------------------
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this cluster runs, in start order."""
+        return tuple(role for role in ROLES if self.processes(role))
+
+    @property
+    def learner_address(self) -> str:
+        return f"127.0.0.1:{self.learner_port}"
+
+    def processes(self, role: str) -> list[Child]:
+        """The children of one role, in index order (workers: worker-0, worker-1, ...)."""
+        if role not in ROLES:
+            raise ValueError(f"no role {role!r}; roles are {ROLES}")
+        return [child for child in self.children if child.role == role]
+
+    def process(self, role: str, index: int = 0) -> Child:
+        found = self.processes(role)
+        if index >= len(found):
+            raise LookupError(f"this cluster has {len(found)} {role}(s), not {index + 1}")
+        return found[index]
+
+    def pid(self, role: str, index: int = 0) -> int:
+        return self.process(role, index).pid
+
+    def metrics_url(self, role: str, index: int = 0) -> str:
+        return self.process(role, index).metrics_url
+
+    def metrics(self, role: str, index: int = 0) -> Samples:
+        """That child's /metrics now; empty if it does not answer."""
+        return self.process(role, index).metrics()
+
+    def start(self) -> LocalCluster:
+        """Start every child (learner first); returns the cluster, for `with`. If one cannot
+        be started, those already running are stopped again."""
+        try:
+            for child in self.children:
+                child.start(self.env)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def check_alive(self) -> None:
+        """Raise ChildDied, with its last log lines, if any child has exited."""
+        for child in self.children:
+            if not child.alive():
+                raise ChildDied(f"{child.name} died:\n{child.log_tail()}")
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _error: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
     def run(self) -> dict[str, Any]:
+        """`a3c run`: start, supervise (progress, restarts, the stop conditions), stop, and
+        write summary.json; returns the summary."""
         config = self.config
         print(
             f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True
         )
-        for child in self.children:
-            child.start(self.env)
+        self.start()
         started = time.monotonic()
         stopped_by = "interrupt"
         last = (started, 0.0, 0.0)
-        metrics: dict[str, float] = {}
+        metrics = Samples()
         frames = 0.0
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         # Started in the background by a non-interactive shell, SIGINT arrives ignored.
@@ -210,9 +323,9 @@ class LocalCluster:
                 time.sleep(min(config.progress_interval, 1.0))
                 self._revive_dead()
                 now = time.monotonic()
-                metrics = scrape(self.learner.metrics_port) or metrics
-                frames = metrics.get("a3c_learner_env_frames_total", 0.0)
-                updates = metrics.get("a3c_learner_updates_total", 0.0)
+                metrics = self.learner.metrics() or metrics
+                frames = metrics.get("a3c_learner_env_frames_total")
+                updates = metrics.get("a3c_learner_updates_total")
                 evals = eval_summary(read_eval(self.eval_log), config.eval_window)
                 if now - last[0] >= config.progress_interval:
                     self._print_progress(now - started, frames, updates, metrics, evals, last)
@@ -244,7 +357,7 @@ class LocalCluster:
         elapsed: float,
         frames: float,
         updates: float,
-        metrics: dict[str, float],
+        metrics: Samples,
         evals: dict[str, Any],
         last: tuple[float, float, float],
     ) -> None:
@@ -260,8 +373,8 @@ class LocalCluster:
         print(
             f"[{elapsed:6.0f}s] frames {frames:,.0f} ({(frames - last[1]) / span:,.0f}/s) | "
             f"updates {updates:,.0f} ({(updates - last[2]) / span:,.1f}/s) | "
-            f"version {metrics.get('a3c_learner_model_version', 0):,.0f} | "
-            f"workers {metrics.get('a3c_learner_workers_active', 0):.0f} | eval {score}",
+            f"version {metrics.get('a3c_learner_model_version'):,.0f} | "
+            f"workers {metrics.get('a3c_learner_workers_active'):.0f} | eval {score}",
             flush=True,
         )
 
@@ -283,8 +396,8 @@ class LocalCluster:
         """Workers and evaluator first (in parallel), then the learner's final checkpoint."""
         others = [child for child in self.children if child is not self.learner]
         for child in others:
-            if child.alive():
-                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            if child.process is not None and child.alive():
+                child.process.send_signal(signal.SIGTERM)
         for child in others:
             child.stop()
         code = self.learner.stop()

@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-from bench.measure import bucket_quantile, histogram_buckets, window_buckets
 from bench.report import render_markdown
+from bench.results import Results
 from tests.conftest import REPO
 
 HEADLINE = (
@@ -55,19 +55,8 @@ def test_every_benchmark_runs_briefly_and_writes_its_figures(tmp_path):
     assert "| system_frames_per_s |" in table and "| 2 | float16 | 1 |" in table
 
 
-def test_quantiles_come_from_the_window_only():
-    before = {'h_bucket{le="0.0"}': 10, 'h_bucket{le="1.0"}': 10, 'h_bucket{le="+Inf"}': 10}
-    after = {'h_bucket{le="0.0"}': 11, 'h_bucket{le="1.0"}': 19, 'h_bucket{le="+Inf"}': 20}
-    window = window_buckets(after, before, "h")
-    assert window == [(0.0, 1), (1.0, 9), (float("inf"), 10)]
-    assert bucket_quantile(window, 0.5) == 1.0
-    assert bucket_quantile(window, 0.99) == float("inf")
-    assert bucket_quantile(histogram_buckets(before, "h"), 0.5) == 0.0
-    assert bucket_quantile([], 0.5) is None
-
-
 def test_report_renders_partial_results():
-    text = render_markdown({"errors": {"system": "boom"}, "figures": {}})
+    text = render_markdown(Results(errors={"system": "boom"}))
     assert "Failed: system" in text
 
 

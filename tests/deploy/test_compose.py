@@ -10,27 +10,28 @@ engine and builds the image first); skipped elsewhere.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
-from common.metrics import parse_samples
+from common.samples import Samples
+from tests.conftest import free_port, k8s_validate
+from tests.conftest import wait_for as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / "build" / "compose"
-DASHBOARD = ROOT / "k8s/base/monitoring/grafana/a3c-dashboard.json"
 ALERTS = ROOT / "k8s/base/monitoring/prometheus/alerts.yml"
 COMPOSE_FILES = (
     "docker-compose.yml",
@@ -60,36 +61,17 @@ pytestmark = pytest.mark.skipif(
     reason="needs a Docker engine and the image: run by `make test-compose`",
 )
 
-T = TypeVar("T")
-
 
 class ComposeError(RuntimeError):
     """A docker compose command failed (its output is in the message)."""
 
 
-def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 1.0) -> T:
-    """Poll until probe() returns something truthy; fail naming `what` and the last answer."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except (OSError, ValueError, KeyError, ComposeError, subprocess.SubprocessError) as error:
-            last = error
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
-            )
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+wait_for = functools.partial(
+    wait_until,
+    interval=1.0,
+    # What a probe meets while a container starts or restarts: retried, not fatal.
+    retry_on=(OSError, ValueError, KeyError, ComposeError, subprocess.SubprocessError),
+)
 
 
 def say(line: str) -> None:
@@ -166,8 +148,8 @@ class Stack:
             if c["State"]["Running"]
         ]
 
-    def metrics(self, service: str) -> dict[str, float]:
-        """A service's own /metrics, read from inside its container: {sample{labels}: value}."""
+    def metrics(self, service: str) -> Samples:
+        """A service's own /metrics, read from inside its container."""
         text = self.compose(
             "exec",
             "-T",
@@ -178,7 +160,7 @@ class Stack:
             "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())",
             timeout=60,
         )
-        return parse_samples(text)
+        return Samples.parse(text)
 
 
 @pytest.fixture(scope="module")
@@ -218,36 +200,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_eight_distinct_workers_push_gradients_that_the_learner_applies(stack: Stack) -> None:
     workers = wait_for(
-        f"{WORKERS} running worker containers",
         lambda: len(c := stack.containers("worker")) == WORKERS and c,
         60,
+        f"{WORKERS} running worker containers",
     )
     assert len({w["hostname"] for w in workers}) == WORKERS, "replicas share an identity"
 
     up = wait_for(
-        f"Prometheus to find {WORKERS} worker replicas up",
         lambda: len(u := stack.by_instance('up{job="worker"} == 1')) == WORKERS and u,
         120,
+        f"Prometheus to find {WORKERS} worker replicas up",
     )
     assert {i.rsplit(":", 1)[0] for i in up} == {w["ip"] for w in workers}
 
     acked = wait_for(
-        f"all {WORKERS} workers to have gradients acknowledged",
         lambda: (
             len(a := stack.by_instance("a3c_worker_gradients_acked_total > 0")) == WORKERS and a
         ),
         240,
+        f"all {WORKERS} workers to have gradients acknowledged",
     )
 
     learner = wait_for(
-        f"the learner to count {WORKERS} active workers",
-        lambda: (m := stack.metrics("learner"))["a3c_learner_workers_active"] == WORKERS and m,
+        lambda: (m := stack.metrics("learner")).get("a3c_learner_workers_active") == WORKERS and m,
         60,
+        f"the learner to count {WORKERS} active workers",
     )
     # Acks count applied gradients only, and Prometheus scraped them before this read.
-    assert learner["a3c_learner_updates_total"] >= sum(acked.values())
-    assert learner["a3c_learner_model_version"] > 0
-    assert learner["a3c_learner_env_frames_total"] > 0
+    assert learner.get("a3c_learner_updates_total") >= sum(acked.values())
+    assert learner.get("a3c_learner_model_version") > 0
+    assert learner.get("a3c_learner_env_frames_total") > 0
     assert stack.scalar('a3c_learner_workers_active{job="learner"}') is not None
 
     by_ip = {w["ip"]: w for w in workers}
@@ -258,21 +240,21 @@ def test_eight_distinct_workers_push_gradients_that_the_learner_applies(stack: S
     )
     say(f"{WORKERS} workers active: {names}")
     say(
-        f"learner: {learner['a3c_learner_workers_active']:.0f} workers active, "
-        f"{learner['a3c_learner_updates_total']:.0f} gradients applied, model version "
-        f"{learner['a3c_learner_model_version']:.0f}, "
-        f"{learner['a3c_learner_env_frames_total']:.0f} frames"
+        f"learner: {learner.get('a3c_learner_workers_active'):.0f} workers active, "
+        f"{learner.get('a3c_learner_updates_total'):.0f} gradients applied, model version "
+        f"{learner.get('a3c_learner_model_version'):.0f}, "
+        f"{learner.get('a3c_learner_env_frames_total'):.0f} frames"
     )
 
 
 def test_the_evaluator_scores_games(stack: Stack) -> None:
     episodes = wait_for(
-        "an evaluation episode",
         lambda: (
             (stack.scalar('a3c_evaluator_episodes_total{job="evaluator"}') or 0) >= 1
             and stack.scalar("a3c_evaluator_episodes_total")
         ),
         180,
+        "an evaluation episode",
     )
     score = stack.scalar("a3c_evaluator_score_mean")
     assert score is not None
@@ -287,7 +269,7 @@ def test_prometheus_scrapes_every_target(stack: Stack) -> None:
         jobs = Counter(t["labels"]["job"] for t in targets if t["health"] == "up")
         return jobs if len(targets) == sum(expected.values()) and jobs == expected else None
 
-    jobs = wait_for(f"targets {expected} all up", healthy, 90)
+    jobs = wait_for(healthy, 90, f"targets {expected} all up")
     say(
         "Prometheus scrapes every target: "
         + ", ".join(f"{job} {n}/{n} up" for job, n in sorted(jobs.items()))
@@ -316,16 +298,16 @@ def test_prometheus_loads_the_alert_rules(stack: Stack) -> None:
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every panel, Grafana's own variables given fixed values."""
+    """(panel title, PromQL) of every query k8s/validate.py finds in the dashboard, Grafana's
+    own variables given fixed values."""
+    validate = k8s_validate()
     fixed = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m"}
     queries = []
-    for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for name, value in fixed.items():
-                expr = expr.replace(name, value)
-            assert not re.search(r"\$\w+", expr), f"unresolved variable in {expr}"
-            queries.append((panel["title"], expr))
+    for where, expr in validate.dashboard_queries(validate.DASHBOARD.read_text()).items():
+        for name, value in fixed.items():
+            expr = expr.replace(name, value)
+        assert not re.search(r"\$\w+", expr), f"unresolved variable in {expr}"
+        queries.append((where.rsplit(" / ", 1)[0], expr))
     return queries
 
 
@@ -339,7 +321,7 @@ def test_every_dashboard_panel_has_data(stack: Stack) -> None:
         return not empty
 
     try:
-        wait_for("data for every dashboard query", all_have_data, 120, interval=3)
+        wait_for(all_have_data, 120, "data for every dashboard query", interval=3)
     except AssertionError:
         pytest.fail(
             "dashboard queries with no data:\n"
@@ -355,16 +337,16 @@ def test_killing_a_worker_leaves_training_running(stack: Stack) -> None:
     subprocess.run(["docker", "kill", victim["id"]], check=True, capture_output=True)
 
     wait_for(
-        f"the learner to forget {victim['name']}",
-        lambda: stack.metrics("learner")["a3c_learner_workers_active"] == len(survivors),
+        lambda: stack.metrics("learner").get("a3c_learner_workers_active") == len(survivors),
         60,
+        f"the learner to forget {victim['name']}",
     )
-    start = stack.metrics("learner")["a3c_learner_updates_total"]
+    start = stack.metrics("learner").get("a3c_learner_updates_total")
     started = time.monotonic()
     wait_for(
-        "20 more updates without the killed worker",
-        lambda: stack.metrics("learner")["a3c_learner_updates_total"] >= start + 20,
+        lambda: stack.metrics("learner").get("a3c_learner_updates_total") >= start + 20,
         90,
+        "20 more updates without the killed worker",
     )
     elapsed = time.monotonic() - started
 
@@ -374,7 +356,7 @@ def test_killing_a_worker_leaves_training_running(stack: Stack) -> None:
             now.get(f"{w['ip']}:9100", 0) > before.get(f"{w['ip']}:9100", 0) for w in survivors
         )
 
-    wait_for("every surviving worker to get gradients applied", survivors_progress, 60)
+    wait_for(survivors_progress, 60, "every surviving worker to get gradients applied")
     say(
         f"killed {victim['name']}: the learner forgot it and applied 20 gradients in "
         f"{elapsed:.1f}s from the {len(survivors)} others, all of which kept training"
@@ -383,27 +365,27 @@ def test_killing_a_worker_leaves_training_running(stack: Stack) -> None:
 
 def test_learner_restart_resumes_from_the_checkpoint_volume(stack: Stack) -> None:
     workers = {w["id"]: w for w in stack.containers("worker")}
-    evaluator = stack.metrics("evaluator")["a3c_evaluator_weights_received_total"]
-    version = stack.metrics("learner")["a3c_learner_model_version"]
+    evaluator = stack.metrics("evaluator").get("a3c_evaluator_weights_received_total")
+    version = stack.metrics("learner").get("a3c_learner_model_version")
     acked = stack.by_instance("a3c_worker_gradients_acked_total")
 
     stack.compose("restart", "learner", timeout=120)  # SIGTERM: a final checkpoint, then exit
 
     learner = wait_for(
-        "the restarted learner to load its checkpoint",
-        lambda: (m := stack.metrics("learner"))["a3c_learner_model_version"] > 0 and m,
+        lambda: (m := stack.metrics("learner")).get("a3c_learner_model_version") > 0 and m,
         90,
+        "the restarted learner to load its checkpoint",
     )
     # A fresh process counts updates from 0; its version started where the checkpoint was.
-    resumed = learner["a3c_learner_model_version"] - learner["a3c_learner_updates_total"]
+    resumed = learner.get("a3c_learner_model_version") - learner.get("a3c_learner_updates_total")
     assert resumed >= version, f"resumed at version {resumed}, was {version} before the restart"
     checkpoints = stack.compose("exec", "-T", "learner", "ls", "/data/checkpoints").split()
     assert any(name.endswith(".pt") for name in checkpoints), checkpoints
 
     wait_for(
-        f"all {len(workers)} workers to be back",
-        lambda: stack.metrics("learner")["a3c_learner_workers_active"] == len(workers),
+        lambda: stack.metrics("learner").get("a3c_learner_workers_active") == len(workers),
         90,
+        f"all {len(workers)} workers to be back",
     )
 
     def all_acked_again() -> bool:
@@ -413,11 +395,11 @@ def test_learner_restart_resumes_from_the_checkpoint_volume(stack: Stack) -> Non
             for w in workers.values()
         )
 
-    wait_for("a gradient of every worker applied by the new learner", all_acked_again, 120)
+    wait_for(all_acked_again, 120, "a gradient of every worker applied by the new learner")
     wait_for(
-        "the evaluator to receive the new learner's weights",
-        lambda: stack.metrics("evaluator")["a3c_evaluator_weights_received_total"] > evaluator,
+        lambda: stack.metrics("evaluator").get("a3c_evaluator_weights_received_total") > evaluator,
         60,
+        "the evaluator to receive the new learner's weights",
     )
     now = {w["id"]: w for w in stack.containers("worker")}
     assert now.keys() == workers.keys()
@@ -434,7 +416,10 @@ def test_learner_restart_resumes_from_the_checkpoint_volume(stack: Stack) -> Non
 def test_a_peer_without_the_key_is_refused(stack: Stack) -> None:
     """The key really is in use: a worker started without the secret gets nowhere."""
     before = stack.metrics("learner")
-    key = 'a3c_learner_gradients_rejected_total{reason="bad_signature"}'
+
+    def refusals(page: Samples) -> float:
+        return page.get("a3c_learner_gradients_rejected_total", reason="bad_signature")
+
     name = f"{stack.project}-intruder"
     subprocess.run(
         ["docker", "run", "-d", "--rm", "--name", name, "--network", f"{stack.project}_default",
@@ -443,13 +428,13 @@ def test_a_peer_without_the_key_is_refused(stack: Stack) -> None:
     )  # fmt: skip
     try:
         refused = wait_for(
-            "the learner to refuse the unsigned worker",
-            lambda: (n := stack.metrics("learner")[key]) > before[key] and n,
+            lambda: (n := refusals(stack.metrics("learner"))) > refusals(before) and n,
             90,
+            "the learner to refuse the unsigned worker",
         )
         learner = stack.metrics("learner")
-        assert learner["a3c_learner_workers_active"] == before["a3c_learner_workers_active"]
+        assert learner.get("a3c_learner_workers_active") == before.get("a3c_learner_workers_active")
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-    say(f"a worker without the key was refused ({refused - before[key]:.0f} messages, "
+    say(f"a worker without the key was refused ({refused - refusals(before):.0f} messages, "
         "bad_signature) and never counted as active")  # fmt: skip

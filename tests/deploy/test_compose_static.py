@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import k8s_validate
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -141,20 +142,6 @@ def test_alert_rules_cover_a_dead_learner_no_updates_rejections_and_silent_worke
     assert "a3c_worker_env_frames_total" in rules["A3CWorkerSilent"]["expr"]
 
 
-def exported_metric_names() -> set[str]:
-    """Every sample name the services expose (counters with _total, histogram series...)."""
-    from common import metrics
-
-    names = set()
-    for factory in (metrics.learner_metrics, metrics.worker_metrics, metrics.evaluator_metrics):
-        for family in factory().registry.collect():
-            names.update(sample.name for sample in family.samples)
-            names.add(family.name + ("_total" if family.type == "counter" else ""))
-            if family.type == "histogram":
-                names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
-    return names
-
-
 def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
     services = compose_config("docker-compose.yml")["services"]
     mounts = {
@@ -189,33 +176,16 @@ def test_grafana_provisioning_matches_the_dashboard_and_compose() -> None:
 
 
 def test_dashboard_panels_are_sound() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
+    """k8s/validate.py's checks of the dashboard (ids, grid, queries, topics, metric names),
+    and the one datasource every panel names is the one Grafana is provisioned with."""
+    validate = k8s_validate()
+    text = DASHBOARD.read_text()
+    assert validate.dashboard_problems(text) == []
+    policy = sys.modules["a3c_policy"]
+    assert policy.unknown_metric_problems(validate.dashboard_queries(text)) == []
     uids = {
         d["uid"]
         for f in (MONITORING / "grafana/provisioning").glob("datasource*.y*ml")
         for d in yaml.safe_load(f.read_text())["datasources"]
     }
-    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
-    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
-    known = exported_metric_names()
-    for panel in panels:
-        assert panel.get("gridPos"), panel["title"]
-        assert panel["datasource"]["uid"] in uids, panel["title"]
-        assert panel.get("targets"), f"panel {panel['title']} has no query"
-        for target in panel["targets"]:
-            assert target.get("expr"), f"panel {panel['title']} has an empty query"
-            used = set(re.findall(r"\ba3c_[a-z_]+", target["expr"]))
-            assert used <= known, f"{panel['title']}: {used - known} are not exported"
-    titles = " ".join(p["title"].lower() for p in panels)
-    for topic in (
-        "score",
-        "frames/s",
-        "updates/s",
-        "staleness",
-        "rejected",
-        "workers",
-        "loss",
-        "entropy",
-        "apply",
-    ):
-        assert topic in titles, f"no panel about {topic}"
+    assert validate.DATASOURCE_UID in uids

@@ -8,7 +8,6 @@ persistent volume, the dashboard and alert rules identical to the files compose 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,19 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import k8s_validate
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
 
 
-def _load_validator() -> Any:
-    spec = importlib.util.spec_from_file_location("k8s_validate", ROOT / "k8s" / "validate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-validate = _load_validator()
+validate = k8s_validate()
 policy = sys.modules["a3c_policy"]
 k8s_policy = sys.modules["k8s_policy"]
 KUSTOMIZATIONS = validate.default_targets()

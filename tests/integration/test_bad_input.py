@@ -55,7 +55,7 @@ def learner(cluster):
 
 
 def rejected(learner, reason: str) -> float:
-    return learner.value(f'a3c_learner_gradients_rejected_total{{reason="{reason}"}}')
+    return learner.value("a3c_learner_gradients_rejected_total", reason=reason)
 
 
 def test_every_bad_message_is_refused_with_its_reason(cluster, learner, tmp_path):

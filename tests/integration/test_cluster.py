@@ -9,21 +9,22 @@ from tests.conftest import http_status, wait_for
 
 PINNED = {
     "learner": [
-        "a3c_learner_updates_total",
-        "a3c_learner_model_version",
-        'a3c_learner_gradients_rejected_total{reason="stale"}',
-        "a3c_learner_gradient_staleness_count",
-        "a3c_learner_workers_active",
-        "a3c_learner_env_frames_total",
+        ("a3c_learner_updates_total", {}),
+        ("a3c_learner_model_version", {}),
+        ("a3c_learner_gradients_rejected_total", {"reason": "stale"}),
+        ("a3c_learner_gradient_staleness_count", {}),
+        ("a3c_learner_workers_active", {}),
+        ("a3c_learner_env_frames_total", {}),
     ],
-    "worker": ["a3c_worker_env_frames_total", "a3c_worker_episodes_total"],
+    "worker": [("a3c_worker_env_frames_total", {}), ("a3c_worker_episodes_total", {})],
     "evaluator": [
-        "a3c_evaluator_score_mean",
-        "a3c_evaluator_best_score",
-        "a3c_evaluator_episodes_total",
-        "a3c_evaluator_model_version",
+        ("a3c_evaluator_score_mean", {}),
+        ("a3c_evaluator_best_score", {}),
+        ("a3c_evaluator_episodes_total", {}),
+        ("a3c_evaluator_model_version", {}),
     ],
 }
+"""(name, labels) of samples that dashboards and alerts read, by role."""
 
 
 def start_workers(cluster, count, *args):
@@ -56,7 +57,7 @@ def test_services_train_together_and_stop_cleanly(cluster, tmp_path):
     for service in [learner, *workers, evaluator]:
         role = service.name.split("-")[0]
         page = service.metrics()
-        missing = [name for name in PINNED[role] if name not in page]
+        missing = [(name, labels) for name, labels in PINNED[role] if not page.has(name, **labels)]
         assert not missing, f"{service.name} lacks {missing}"
         assert http_status(service.metrics_port, "/healthz") == 200
 
@@ -104,8 +105,8 @@ def test_restarted_learner_resumes_and_workers_reconnect_by_themselves(cluster, 
 
 
 def test_a_killed_worker_is_forgotten_and_the_others_keep_training(cluster):
-    learner = cluster.start("learner", None, "--worker-timeout", "3")
-    doomed, _survivor = start_workers(cluster, 2)
+    learner = cluster.start("learner", None, "--heartbeat-interval", "1")
+    doomed, _survivor = start_workers(cluster, 2, "--heartbeat-interval", "1")
     wait_for(lambda: learner.value("a3c_learner_workers_active") == 2, 60, "2 active workers")
     doomed.kill()
     wait_for(
