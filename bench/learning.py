@@ -38,6 +38,7 @@ from typing import Any
 from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import MODEL_KEYS, export_model, load_checkpoint, load_newest
 from common.config import Config, load_config
+from common.errors import A3CError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MARKS = (2_500_000, 5_000_000, 10_000_000)
@@ -60,7 +61,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"--set expects NAME=VALUE, got {pair!r}")
+            raise UsageError(f"--set expects NAME=VALUE, got {pair!r}")
         overrides[name.replace("-", "_")] = value
     return overrides
 
@@ -320,7 +321,7 @@ def write(result: dict[str, Any], out: Path) -> None:
     print(markdown(result), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default=Config.model_fields["env"].default)
     parser.add_argument("--seeds", default="1,2", help="training seeds, comma-separated")
@@ -343,7 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         _main(args)
     except BenchmarkStopped as stopped:
         print(f"bench-learning: {stopped}; run it again to continue", file=sys.stderr)
-        raise SystemExit(130) from None
+        return 130
+    except A3CError as error:
+        print(f"bench-learning: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
 
 
 def _main(args: argparse.Namespace) -> None:
@@ -385,4 +390,4 @@ def _main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
