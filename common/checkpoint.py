@@ -7,6 +7,7 @@ data, never code.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -30,12 +31,19 @@ def checkpoint_path(directory: Path, version: int) -> Path:
 
 def atomic_save(path: Path, state: dict[str, Any]) -> None:
     """torch.save that never leaves a partial file at `path`: temp file, fsync, rename,
-    fsync the directory. A crash leaves either the old file or the new one."""
+    fsync the directory. A crash leaves either the old file or the new one; a failed write
+    (a full disk) removes its temp file and raises OSError.
+
+    The state is serialised in memory first: torch's own writer turns a failed write into a
+    RuntimeError without the errno, and a caller must be able to tell a full disk (OSError,
+    worth retrying) from a bug."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -50,11 +58,16 @@ def atomic_save(path: Path, state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, version: int, state: dict[str, Any], keep: int) -> Path:
-    """Write `state` atomically as the checkpoint of `version` and prune to the newest `keep`."""
+    """Write `state` atomically as the checkpoint of `version`, then prune to the newest
+    `keep`. A failed write raises OSError before anything is pruned, so the checkpoints that
+    were there stay; a failed prune only leaves an extra old file behind."""
     final = checkpoint_path(directory, version)
     atomic_save(final, state)
     for old in list_checkpoints(directory)[keep:]:
-        old.unlink(missing_ok=True)
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not prune old checkpoint %s: %s", old, error)
     return final
 
 

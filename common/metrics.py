@@ -29,11 +29,16 @@ REJECT_REASONS = (
     "bad_version",
     "stale",
     "replay",
+    "clock_skew",
     "oversize",
 )
 """Every reason a learner refuses a message; pre-declared so dashboards see zeros, not gaps."""
 
 LOSS_STATS = ("policy_loss", "value_loss", "entropy", "grad_norm")
+
+CHECKPOINT_STAGES = ("write", "load")
+"""Where a checkpoint failed: writing it (training goes on, the next interval tries again)
+or loading it at resume (the file is skipped for an older one)."""
 
 FORGET_REASONS = ("silent", "bye", "reconnected")
 """Why a learner drops a worker: it missed its heartbeats, it said bye, or it said hello again
@@ -89,6 +94,15 @@ def learner_metrics() -> LearnerMetrics:
     )
     for reason in FORGET_REASONS:
         forgotten.labels(reason=reason)
+    checkpoint_failures = Counter(
+        "a3c_learner_checkpoint_failures",
+        "Checkpoints not written (stage=write: the write failed, e.g. a full disk) or found "
+        "corrupt or unreadable at resume (stage=load)",
+        ["stage"],
+        registry=r,
+    )
+    for stage in CHECKPOINT_STAGES:
+        checkpoint_failures.labels(stage=stage)
     return LearnerMetrics(
         registry=r,
         updates=Counter("a3c_learner_updates", "Gradients applied", registry=r),
@@ -118,11 +132,7 @@ def learner_metrics() -> LearnerMetrics:
             registry=r,
         ),
         checkpoints=Counter("a3c_learner_checkpoints", "Checkpoints written", registry=r),
-        checkpoint_failures=Counter(
-            "a3c_learner_checkpoint_load_failures",
-            "Checkpoint files found corrupt or unreadable at resume",
-            registry=r,
-        ),
+        checkpoint_failures=checkpoint_failures,
         bytes_received=Counter(
             "a3c_learner_received_bytes", "Bytes of messages received", registry=r
         ),

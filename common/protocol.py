@@ -22,7 +22,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -50,7 +50,9 @@ WIRE_DTYPES: dict[str, np.dtype[Any]] = {
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 64
 MAX_CLOCK_SKEW_S = 300.0
-"""Signed messages older than this are refused as replays even if their sequence is new."""
+"""The signing window: a signed message whose send time is further than this from the
+receiver's clock is refused (`clock_skew`) even if its sequence is new, so a recorded message
+cannot be replayed to a learner that restarted and forgot the sequence numbers it saw."""
 MAX_FRAMES_PER_GRADIENT = 10_000_000
 HEARTBEAT_LIVENESS = 3
 """Heartbeat intervals without hearing from a peer after which it is counted gone: the learner
@@ -223,14 +225,17 @@ class Session:
         key: bytes | None = None,
         max_bytes: int = 256 * 1024 * 1024,
         accepts: Collection[str] = MESSAGE_TYPES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`accepts`: the message types this peer may receive; others are refused as
-        `unknown_type` before their body is looked at."""
+        `unknown_type` before their body is looked at. `clock`: wall-clock seconds, for the
+        send time of outgoing messages and the signing window of incoming ones."""
         self.sender = sender
         self.run = os.urandom(8).hex()
         self.key = key
         self.max_bytes = max_bytes
         self.accepts = frozenset(accepts)
+        self.clock = clock
         self._seq = itertools.count(1)
 
     def encode(
@@ -251,7 +256,7 @@ class Session:
             "sender": self.sender,
             "run": self.run,
             "seq": next(self._seq),
-            "time": time.time(),
+            "time": self.clock(),
             "arrays": [[dtype, list(array.shape)] for dtype, array in arrays],
             "body": body.wire() if isinstance(body, Body) else dict(body or {}),
         }
@@ -278,9 +283,25 @@ class Session:
         header = _unpack_header(raw_header)
         message = _message_from_header(header, buffers, self.accepts)
         message.nbytes = total
-        if self.key and abs(time.time() - message.sent_at) > MAX_CLOCK_SKEW_S:
-            raise ProtocolError("replay", f"message sent {time.time() - message.sent_at:.0f}s ago")
+        if self.key:
+            _check_clock(message, self.clock())
         return message
+
+
+def _check_clock(message: Message, now: float) -> None:
+    """Refuse a signed message sent outside the signing window, as `clock_skew`: the
+    signature is good, so either the peer's clock is off or the message is a recording. The
+    peer's clock is the likelier cause, and the one an operator can fix, so the detail says
+    by how much and which way."""
+    skew = message.sent_at - now
+    if abs(skew) <= MAX_CLOCK_SKEW_S:
+        return
+    direction = "ahead of" if skew > 0 else "behind"
+    raise ProtocolError(
+        "clock_skew",
+        f"the clock of {message.sender[:64]} is off by {skew:+.0f} s ({direction} this "
+        f"host's; the signing window is {MAX_CLOCK_SKEW_S:.0f} s): check NTP on both hosts",
+    )
 
 
 def _unpack_header(raw: memoryview) -> dict[str, Any]:

@@ -50,7 +50,21 @@ def tune_allocator() -> bool:
 class Runtime:
     stop: threading.Event
     health: Health
-    metrics_server: MetricsServer | None
+    metrics_server: MetricsServer | None = None
+
+    def serve(self, registry: CollectorRegistry, config: Config) -> None:
+        """Start /metrics and /healthz (once; nothing when the metrics port is 0). Health is
+        judged from now on: the time spent starting up is no stall of the main loop."""
+        if self.metrics_server is not None:
+            return
+        self.health.tick()
+        self.metrics_server = serve_metrics(
+            registry, self.health, config.metrics_host, config.metrics_port
+        )
+        if self.metrics_server is not None:
+            log.info(
+                "metrics on http://%s:%d/metrics", config.metrics_host, self.metrics_server.port
+            )
 
     def close(self) -> None:
         if self.metrics_server is not None:
@@ -58,9 +72,17 @@ class Runtime:
 
 
 def start_service(
-    name: str, instance: str, config: Config, registry: CollectorRegistry, stale_after: float = 60
+    name: str,
+    instance: str,
+    config: Config,
+    registry: CollectorRegistry,
+    stale_after: float = 60,
+    serve: bool = True,
 ) -> Runtime:
-    """Set up logging, turn SIGTERM/SIGINT into a stop event, and serve metrics + health."""
+    """Set up logging, turn SIGTERM/SIGINT into a stop event, and serve metrics + health.
+
+    `serve=False` leaves the endpoint to a later `Runtime.serve`, for a service whose metrics
+    mean nothing until it has loaded its state (the learner's model version before resume)."""
     setup_logging(name, instance, config.log_level, config.log_format)
     # Processes, not threads, scale: intra-op threads in N processes on few cores only fight.
     torch.set_num_threads(1)
@@ -74,8 +96,7 @@ def start_service(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    health = Health(stale_after)
-    server = serve_metrics(registry, health, config.metrics_host, config.metrics_port)
-    if server is not None:
-        log.info("metrics on http://%s:%d/metrics", config.metrics_host, server.port)
-    return Runtime(stop, health, server)
+    runtime = Runtime(stop, Health(stale_after))
+    if serve:
+        runtime.serve(registry, config)
+    return runtime

@@ -8,6 +8,7 @@ a cadence and at exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -17,7 +18,13 @@ import numpy as np
 import torch
 
 from common.a3c import ALGORITHM_VERSION
-from common.checkpoint import MODEL_KEYS, load_checkpoint, load_newest, save_checkpoint
+from common.checkpoint import (
+    MODEL_KEYS,
+    checkpoint_path,
+    load_checkpoint,
+    load_newest,
+    save_checkpoint,
+)
 from common.config import Config
 from common.envs import env_spaces
 from common.errors import CheckpointError, CheckpointMismatchError
@@ -95,7 +102,7 @@ class Learner:
     def _resume(self) -> None:
         state, problems = load_newest(self.config.checkpoint_dir)
         if problems:
-            self.metrics.checkpoint_failures.inc(len(problems))
+            self.metrics.checkpoint_failures.labels(stage="load").inc(len(problems))
         if state is None and self.config.init_from is not None:
             self._warm_start(self.config.init_from)
             return
@@ -130,7 +137,13 @@ class Learner:
         )
         log.info("warm start from %s: version %d, %d frames", path, self.version, self.frames)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
+        """Write a checkpoint now; False if the write failed.
+
+        A failed write (a full or broken disk: any OSError) is logged and counted, never
+        raised: the model in memory is intact, the older checkpoints on disk are too (nothing
+        is pruned after a failed write), and training is worth more than one missed
+        checkpoint. The next interval tries again, so writing resumes once space returns."""
         core = self.core
         state = {
             "model": core.model.state_dict(),
@@ -145,12 +158,25 @@ class Learner:
             "algorithm_version": ALGORITHM_VERSION,
             "saved_at": time.time(),
         }
-        path = save_checkpoint(
-            self.config.checkpoint_dir, core.version, state, self.config.keep_checkpoints
-        )
-        self.metrics.checkpoints.inc()
         self._last_checkpoint = time.monotonic()
+        directory = self.config.checkpoint_dir
+        try:
+            path = save_checkpoint(directory, core.version, state, self.config.keep_checkpoints)
+        except OSError as error:
+            self.metrics.checkpoint_failures.labels(stage="write").inc()
+            code = errno.errorcode.get(error.errno or -1, f"errno {error.errno}")
+            log.error(
+                "checkpoint %s not written: %s (%s); training goes on, older checkpoints are "
+                "kept, next try in %gs",
+                checkpoint_path(directory, core.version),
+                error.strerror or error,
+                code,
+                self.config.checkpoint_interval,
+            )
+            return False
+        self.metrics.checkpoints.inc()
         log.info("checkpoint %s (version %d, %d frames)", path.name, core.version, core.frames)
+        return True
 
     # --- loop ------------------------------------------------------------------------------
 
@@ -195,9 +221,15 @@ def run_learner(config: Config) -> None:
     from common.service import start_service
 
     metrics = learner_metrics()
-    runtime = start_service("learner", f"{config.host}:{config.port}", config, metrics.registry)
+    runtime = start_service(
+        "learner", f"{config.host}:{config.port}", config, metrics.registry, serve=False
+    )
     try:
         learner = Learner(config, metrics)
+        # Only now: before the resume its gauges would say version 0, a false drop for every
+        # dashboard and rate() at each restart. Until then /metrics and /healthz do not
+        # answer, so probes and scrapes see a learner that is starting, which it is.
+        runtime.serve(metrics.registry, config)
         learner.serve(runtime.stop, runtime.health)
         log.info("stopped at version %d", learner.version)
     finally:

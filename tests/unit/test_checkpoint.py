@@ -1,5 +1,9 @@
 """Atomic checkpoints, pruning, and resume that skips corrupt files."""
 
+import errno
+import os
+
+import pytest
 import torch
 
 from common.checkpoint import list_checkpoints, load_newest, save_checkpoint
@@ -46,6 +50,31 @@ def test_interrupted_write_leaves_no_newest_file(tmp_path, monkeypatch):
         pass
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000000001.pt"]
     assert load_newest(tmp_path)[0]["model_version"] == 1
+
+
+def test_a_write_failing_on_a_full_disk_raises_oserror_and_prunes_nothing(tmp_path, monkeypatch):
+    """The write fails after the temp file has bytes in it (where a full disk fails): the
+    error keeps its errno, the temp file goes, and the older checkpoints all stay even though
+    `keep` would prune them after a successful write."""
+    for version in (1, 2):
+        save_checkpoint(tmp_path, version, state(version), keep=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as failed:
+        save_checkpoint(tmp_path, 3, state(3), keep=1)
+    assert failed.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, 3, state(3), keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt-000000000003.pt",
+        "ckpt-000000000002.pt",
+    ]
 
 
 def test_code_in_a_checkpoint_is_not_executed(tmp_path):

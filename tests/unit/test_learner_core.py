@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from common.metrics import FORGET_REASONS, REJECT_REASONS, learner_metrics
 from common.model import ActorCritic, parameter_count
 from common.protocol import (
     HEARTBEAT_LIVENESS,
+    MAX_CLOCK_SKEW_S,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     AckBody,
@@ -139,8 +142,16 @@ def replayed(peer: Peer) -> Reply | None:
 
 
 def signed_but_old(peer: Peer) -> Reply | None:
-    """Correctly signed, but sent longer ago than any clock skew explains."""
+    """Correctly signed, but sent from a clock far outside the signing window."""
     frames = with_header(peer.frames("hello", HelloBody(layout=LAYOUT)), KEY, time=1.0)
+    return signed_learner(peer, frames)
+
+
+def signed_from_the_future(peer: Peer) -> Reply | None:
+    """Correctly signed by a peer whose clock runs ahead of the learner's by more than the
+    signing window."""
+    sent_at = time.time() + MAX_CLOCK_SKEW_S + 60
+    frames = with_header(peer.frames("heartbeat"), KEY, time=sent_at)
     return signed_learner(peer, frames)
 
 
@@ -232,7 +243,8 @@ CASES = {
     "spoofed sender": Case("unknown_worker", spoofed),
     "restarted without hello": Case("unknown_worker", other_run),
     "replayed sequence number": Case("replay", replayed, before=1),
-    "signed but old": Case("replay", signed_but_old),
+    "signed but old": Case("clock_skew", signed_but_old),
+    "signed from the future": Case("clock_skew", signed_from_the_future),
     # The gradient's body.
     "version as string": Case("bad_version", lambda p: p.gradient(version="7"), reply="ack"),
     "version as bool": Case("bad_version", lambda p: p.gradient(version=True), reply="ack"),
@@ -336,6 +348,15 @@ def test_each_bad_request_is_refused_with_its_reason_and_leaves_the_model_alone(
 
 def test_every_reason_the_learner_counts_has_a_case():
     assert {case.reason for case in CASES.values()} == set(REJECT_REASONS)
+
+
+def test_a_skewed_peer_is_logged_with_the_offset_of_its_clock(caplog):
+    core = make_core()
+    with caplog.at_level(logging.WARNING, logger="learner"):
+        reply = signed_from_the_future(Peer(core))
+    assert reply is not None and reply.body.reason == "clock_skew"
+    (line,) = [r.getMessage() for r in caplog.records if "clock_skew" in r.getMessage()]
+    assert "the clock of w1 is off by +3" in line and "ahead of" in line, line
 
 
 # --- what is accepted ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.protocol import (
+    MAX_CLOCK_SKEW_S,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     AckBody,
@@ -166,13 +167,51 @@ def test_signed_messages_verify_and_tampering_is_caught():
         assert refused.value.reason == reason
 
 
-def test_signed_old_messages_are_refused_as_replays(monkeypatch):
-    key = b"secret"
-    frames = [bytes(f) for f in Session("w1", key).encode("heartbeat")]
-    monkeypatch.setattr(time, "time", lambda: 10_000_000_000.0)
+NOW = 1_700_000_000.0
+
+
+def skewed_frames(skew: float, key: bytes | None = b"secret") -> list[bytes]:
+    """A heartbeat from a peer whose clock is `skew` seconds ahead of the receiver's."""
+    return [bytes(f) for f in Session("w1", key, clock=lambda: NOW + skew).encode("heartbeat")]
+
+
+def receiver(key: bytes | None = b"secret") -> Session:
+    return Session("learner", key, clock=lambda: NOW)
+
+
+@pytest.mark.parametrize(
+    ("skew", "words"),
+    [
+        (MAX_CLOCK_SKEW_S + 1, "off by +301 s (ahead of"),
+        (-(MAX_CLOCK_SKEW_S + 1), "off by -301 s (behind"),
+        (-8 * 3600.0, "off by -28800 s (behind"),  # a host left on another time zone's clock
+        (NOW, "ahead of"),
+    ],
+)
+def test_a_peer_clock_outside_the_signing_window_has_its_own_reason(skew, words):
     with pytest.raises(ProtocolError) as refused:
-        Session("learner", key).decode(frames)
-    assert refused.value.reason == "replay"
+        receiver().decode(skewed_frames(skew))
+    assert refused.value.reason == "clock_skew"
+    assert words in refused.value.detail and "the clock of w1" in refused.value.detail
+    assert f"signing window is {MAX_CLOCK_SKEW_S:.0f} s" in refused.value.detail
+
+
+@pytest.mark.parametrize("skew", [0.0, MAX_CLOCK_SKEW_S - 1, -(MAX_CLOCK_SKEW_S - 1)])
+def test_a_peer_clock_within_the_signing_window_is_accepted(skew):
+    message = receiver().decode(skewed_frames(skew))
+    assert message.type == "heartbeat" and message.sent_at == NOW + skew
+
+
+def test_without_signing_clocks_are_not_compared():
+    """An unsigned send time proves nothing, so it is not held against the peer."""
+    assert receiver(None).decode(skewed_frames(10 * MAX_CLOCK_SKEW_S, None)).type == "heartbeat"
+
+
+def test_a_skewed_message_with_a_bad_signature_is_a_bad_signature():
+    """The signature is checked first: an unsigned time cannot choose the reason given."""
+    with pytest.raises(ProtocolError) as refused:
+        Session("learner", b"other", clock=lambda: NOW).decode(skewed_frames(10_000.0))
+    assert refused.value.reason == "bad_signature"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
