@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
+from typing import TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -47,6 +48,7 @@ LOST_REASONS = ("silent", "timeout", "forgotten")
 """Why a worker starts over with the learner: nothing heard for 3 heartbeat intervals (the
 quick path), a gradient left unanswered for `learner_timeout` while the learner otherwise
 answered, or the learner no longer knew the worker."""
+MetricT = TypeVar("MetricT", Counter, Gauge)
 
 
 @dataclass
@@ -68,41 +70,57 @@ class LearnerMetrics:
     workers_forgotten: Counter
 
 
+def predeclared(
+    kind: type[MetricT],
+    name: str,
+    documentation: str,
+    label: str,
+    values: Iterable[str],
+    registry: CollectorRegistry,
+) -> MetricT:
+    """A metric with one label whose every known value is exported (at 0) from the start, so
+    that rate() and the alert rules see a series before the first event of its kind."""
+    metric = kind(name, documentation, [label], registry=registry)
+    for value in values:
+        metric.labels(**{label: value})
+    return metric
+
+
 def learner_metrics() -> LearnerMetrics:
     r = CollectorRegistry()
-    rejected = Counter(
+    rejected = predeclared(
+        Counter,
         "a3c_learner_gradients_rejected",
         "Messages refused by the learner, by reason",
-        ["reason"],
-        registry=r,
+        "reason",
+        REJECT_REASONS,
+        r,
     )
-    for reason in REJECT_REASONS:
-        rejected.labels(reason=reason)
-    loss = Gauge(
+    loss = predeclared(
+        Gauge,
         "a3c_learner_loss",
         "Latest worker-reported loss terms of applied gradients",
-        ["term"],
-        registry=r,
+        "term",
+        LOSS_STATS,
+        r,
     )
-    for term in LOSS_STATS:
-        loss.labels(term=term)
-    forgotten = Counter(
+    forgotten = predeclared(
+        Counter,
         "a3c_learner_workers_forgotten",
         "Workers the learner stopped counting, by reason",
-        ["reason"],
-        registry=r,
+        "reason",
+        FORGET_REASONS,
+        r,
     )
-    for reason in FORGET_REASONS:
-        forgotten.labels(reason=reason)
-    checkpoint_failures = Counter(
+    checkpoint_failures = predeclared(
+        Counter,
         "a3c_learner_checkpoint_failures",
         "Checkpoints not written (stage=write: the write failed, e.g. a full disk) or found "
         "corrupt or unreadable at resume (stage=load)",
-        ["stage"],
-        registry=r,
+        "stage",
+        CHECKPOINT_STAGES,
+        r,
     )
-    for stage in CHECKPOINT_STAGES:
-        checkpoint_failures.labels(stage=stage)
     return LearnerMetrics(
         registry=r,
         updates=Counter("a3c_learner_updates", "Gradients applied", registry=r),
@@ -158,14 +176,14 @@ class WorkerMetrics:
 
 def worker_metrics() -> WorkerMetrics:
     r = CollectorRegistry()
-    lost = Counter(
+    lost = predeclared(
+        Counter,
         "a3c_worker_learner_lost",
         "Times the worker gave up on its connection to the learner, by reason",
-        ["reason"],
-        registry=r,
+        "reason",
+        LOST_REASONS,
+        r,
     )
-    for reason in LOST_REASONS:
-        lost.labels(reason=reason)
     return WorkerMetrics(
         registry=r,
         env_frames=Counter("a3c_worker_env_frames", "Environment frames played", registry=r),

@@ -164,7 +164,7 @@ def live(msg_type: str, body) -> tuple[str, object, tuple] | None:
     return None
 
 
-def make_link(answer: Answer, **config) -> tuple[LearnerLink, FakeLearner, Clock]:
+def unconnected_link(answer: Answer, **config) -> tuple[LearnerLink, FakeLearner, Clock]:
     clock = Clock()
     learner = FakeLearner(clock, answer)
     settings = {"heartbeat_interval": INTERVAL, "learner_timeout": TIMEOUT, **config}
@@ -177,6 +177,11 @@ def make_link(answer: Answer, **config) -> tuple[LearnerLink, FakeLearner, Clock
         client=learner,  # type: ignore[arg-type]
         clock=clock,
     )
+    return link, learner, clock
+
+
+def make_link(answer: Answer, **config) -> tuple[LearnerLink, FakeLearner, Clock]:
+    link, learner, clock = unconnected_link(answer, **config)
     assert link.connect(threading.Event())
     return link, learner, clock
 
@@ -284,17 +289,7 @@ def test_a_learner_that_forgot_the_worker_is_greeted_again():
 
 
 def test_no_heartbeat_before_the_welcome():
-    clock = Clock()
-    learner = FakeLearner(clock, live)
-    link = LearnerLink(
-        load_config({"heartbeat_interval": INTERVAL}),
-        learner.worker,
-        worker_metrics(),
-        LAYOUT,
-        lambda version, weights: None,
-        client=learner,  # type: ignore[arg-type]
-        clock=clock,
-    )
+    link, learner, clock = unconnected_link(live)
     clock.now += 10 * INTERVAL
     link.keep_alive()
     assert learner.sent == []
