@@ -3,7 +3,9 @@
 For each sender count K, K synthetic senders (bench/senders.py: a worker's protocol and flow,
 no env, no model) push gradients as fast as acks return. They are multiplexed over a few sender
 processes: 64 processes importing torch on a small machine would measure the scheduler, not the
-learner. Updates/s come from the learner's own /metrics, bytes per update from the messages.
+learner. Updates/s and the bytes in and out per update come from the learner's own /metrics
+(a3c_learner_bytes_received_total, a3c_learner_bytes_sent_total); each weights dtype gets a
+learner of its own, fed by the same sender processes.
 
     python -m bench.learner_ceiling --senders 1,2,4,8,16,32,64 --seconds 5
 """
@@ -11,20 +13,22 @@ learner. Updates/s come from the learner's own /metrics, bytes per update from t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.measure import CpuWindow
+from bench.measure import CpuWindow, link_bytes
 from bench.senders import SenderPool, Target
-from common.config import Config, load_config
+from common.config import Config, WeightsDtype, load_config
 from common.envs import env_spaces, frames_per_step
 from common.model import ActorCritic, parameter_count
 from common.weights import layout_digest
@@ -67,14 +71,24 @@ def start_learner(config: Config, workdir: Path) -> LocalCluster:
 
 @dataclass(frozen=True)
 class WireSetting:
-    """What a sender puts on the wire: gradient dtype, and how often it asks for weights."""
+    """What crosses the learner's link: the senders' gradient dtype and how often they ask
+    for weights, and the learner's weights dtype."""
 
     dtype: str
     sync_interval: int
+    weights_dtype: str = "float32"
 
     @property
     def name(self) -> str:
-        return f"{self.dtype}, weights every {self.sync_interval} ack(s)"
+        return (
+            f"{self.dtype} gradients, {self.weights_dtype} weights every "
+            f"{self.sync_interval} ack(s)"
+        )
+
+    @property
+    def label(self) -> str:
+        """The key of this wire in results.json's per-wire maps."""
+        return f"{self.dtype} gradients, {self.weights_dtype} weights"
 
 
 def measure_phase(
@@ -85,7 +99,7 @@ def measure_phase(
     warmup: float,
     seconds: float,
 ) -> dict[str, Any]:
-    active = pool.start_phase(senders, wire.dtype, wire.sync_interval)
+    active = pool.start_phase(senders, wire.dtype, wire.sync_interval, cluster.learner_port)
     try:
         time.sleep(warmup)
         pids = {"learner": cluster.pid("learner")}
@@ -105,14 +119,12 @@ def measure_phase(
     updates = window.get("a3c_learner_updates_total")
     apply_ms = window.mean("a3c_learner_apply_seconds")
     sender_cores = sum(v for k, v in cpu.cores.items() if k != "learner")
-    gradient_bytes = max(s["gradient_bytes"] for s in sent)
-    acks = sum(s["acks"] + s["rejected"] for s in sent)
-    ack_bytes = round(sum(s["ack_bytes_total"] for s in sent) / acks) if acks else 0
     return {
         "senders": senders,
         "sender_processes": len(active),
         "wire_dtype": wire.dtype,
         "sync_interval": wire.sync_interval,
+        "weights_dtype": wire.weights_dtype,
         "updates_per_s": round(updates / cpu.wall_s, 1),
         "learner_cores": round(cpu.cores["learner"], 3),
         # What one learner core would do if the machine were its own (shared machines).
@@ -124,18 +136,34 @@ def measure_phase(
         "staleness_p50": window.quantile("a3c_learner_gradient_staleness", 0.5),
         "staleness_p99": window.quantile("a3c_learner_gradient_staleness", 0.99),
         "rejected": sum(s["rejected"] for s in sent),
-        "gradient_bytes": gradient_bytes,
-        "ack_bytes": ack_bytes,
+        # Nothing subscribes to this learner's broadcast: its bytes are not on any link.
+        "bytes_per_update": link_bytes(window, updates, subscribers=False),
         "cpu": cpu.report(),
     }
 
 
+WEIGHTS_DTYPES: tuple[str, ...] = typing.get_args(WeightsDtype)
+
+
+def default_wire(config: Config) -> WireSetting:
+    return WireSetting(config.grad_dtype, config.sync_interval, config.weights_dtype)
+
+
 def default_variants(config: Config) -> tuple[WireSetting, ...]:
-    """Besides the default wire: the other gradient dtype with weights in every ack, and the
-    default dtype with weights in every 4th ack (what `--sync-interval 4` buys)."""
+    """Besides the default wire: the other gradient dtype with weights in every ack, the
+    default dtype with weights in every 4th ack (what `--sync-interval 4` buys), and each
+    other weights dtype with weights in every ack (what `--weights-dtype` buys)."""
     other = "float32" if config.grad_dtype != "float32" else "float16"
-    variants = (WireSetting(other, 1), WireSetting(config.grad_dtype, 4))
-    default = WireSetting(config.grad_dtype, config.sync_interval)
+    variants = [
+        WireSetting(other, 1, config.weights_dtype),
+        WireSetting(config.grad_dtype, 4, config.weights_dtype),
+    ]
+    variants += [
+        WireSetting(config.grad_dtype, 1, dtype)
+        for dtype in WEIGHTS_DTYPES
+        if dtype != config.weights_dtype
+    ]
+    default = default_wire(config)
     return tuple(v for v in variants if v != default)
 
 
@@ -156,39 +184,51 @@ def run_ceiling(
     model = ActorCritic(obs_shape, n_actions)
     layout, n_params = layout_digest(model), parameter_count(model)
     frames = config.n_steps * config.num_envs * frames_per_step(config.env)
-    default = WireSetting(config.grad_dtype, config.sync_interval)
+    default = default_wire(config)
     variants = default_variants(config) if variants is None else variants
     variant_counts = (
         variant_counts
         if variant_counts is not None
         else tuple(sorted({min(sender_counts), max(sender_counts)}))
     )
+    plan = [(k, default) for k in sender_counts]
+    plan += [(k, wire) for wire in variants for k in variant_counts]
+    phases = []
     with tempfile.TemporaryDirectory(prefix="a3c-bench-learner-") as tmp:
         workdir = workdir or Path(tmp)
-        cluster = start_learner(config, workdir)
         pool: SenderPool | None = None
         try:
-            target = Target("127.0.0.1", cluster.learner_port, layout, n_params, frames)
-            pool = SenderPool(sender_processes, target)
-            phases = []
-            plan = [(k, default) for k in sender_counts]
-            plan += [(k, wire) for wire in variants for k in variant_counts]
-            for senders, wire in plan:
-                phase = measure_phase(pool, cluster, senders, wire, warmup, seconds)
-                phases.append(phase)
-                print(
-                    f"  learner ceiling: {senders:3d} senders, {wire.name}: "
-                    f"{phase['updates_per_s']:7.1f} updates/s "
-                    f"(learner {phase['learner_cores']:.2f} cores, "
-                    f"senders {phase['sender_cores']:.2f})",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            # One learner per weights dtype (a learner setting), in the plan's order.
+            groups = itertools.groupby(plan, key=lambda p: p[1].weights_dtype)
+            for n, (weights_dtype, group) in enumerate(groups):
+                learner_config = config.model_copy(update={"weights_dtype": weights_dtype})
+                cluster = start_learner(learner_config, workdir / f"learner-{n}-{weights_dtype}")
+                try:
+                    if pool is None:
+                        target = Target("127.0.0.1", cluster.learner_port, layout, n_params, frames)
+                        pool = SenderPool(sender_processes, target)
+                    for senders, wire in group:
+                        phase = measure_phase(pool, cluster, senders, wire, warmup, seconds)
+                        phases.append(phase)
+                        _print_phase(senders, wire, phase)
+                finally:
+                    cluster.stop()
         finally:
             if pool is not None:
                 pool.close()
-            cluster.stop()
     return _summarise(config, default, phases, n_params, seconds, sender_processes)
+
+
+def _print_phase(senders: int, wire: WireSetting, phase: dict[str, Any]) -> None:
+    sizes = phase["bytes_per_update"]
+    print(
+        f"  learner ceiling: {senders:3d} senders, {wire.name}: "
+        f"{phase['updates_per_s']:7.1f} updates/s "
+        f"(learner {phase['learner_cores']:.2f} cores, senders {phase['sender_cores']:.2f}; "
+        f"{sizes['in']} B in + {sizes['out']} B out per update)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _summarise(
@@ -201,45 +241,56 @@ def _summarise(
 ) -> dict[str, Any]:
     by_wire: dict[WireSetting, list[dict[str, Any]]] = {}
     for phase in phases:
-        by_wire.setdefault(WireSetting(phase["wire_dtype"], phase["sync_interval"]), []).append(
-            phase
-        )
+        wire = WireSetting(phase["wire_dtype"], phase["sync_interval"], phase["weights_dtype"])
+        by_wire.setdefault(wire, []).append(phase)
     wires = []
     for wire, items in by_wire.items():
         wires.append({
             "wire_dtype": wire.dtype,
             "sync_interval": wire.sync_interval,
+            "weights_dtype": wire.weights_dtype,
             "default": wire == default,
             "max_updates_per_s": max(p["updates_per_s"] for p in items),
             "max_updates_per_learner_cpu_s": max(
                 p["updates_per_learner_cpu_s"] or 0.0 for p in items
             ),
-            "bytes_per_update": {
-                "gradient": items[0]["gradient_bytes"],
-                "ack": items[0]["ack_bytes"],
-                "total": items[0]["gradient_bytes"] + items[0]["ack_bytes"],
-            },
+            # The phase with the most updates measures the bytes per update most closely.
+            "bytes_per_update": max(items, key=lambda p: p["updates_per_s"])["bytes_per_update"],
         })  # fmt: skip
     best_phase = max(phases, key=lambda p: p["updates_per_s"])
-    every_ack = {w["wire_dtype"]: w for w in wires if w["sync_interval"] == 1}
+    every_ack = {
+        WireSetting(w["wire_dtype"], 1, w["weights_dtype"]).label: w["bytes_per_update"]
+        for w in wires
+        if w["sync_interval"] == 1
+    }
     return {
         "max_updates_per_s": best_phase["updates_per_s"],
-        "max_at": {k: best_phase[k] for k in ("senders", "wire_dtype", "sync_interval")},
+        "max_at": {
+            k: best_phase[k] for k in ("senders", "wire_dtype", "sync_interval", "weights_dtype")
+        },
         "default_wire_max_updates_per_s": max(p["updates_per_s"] for p in by_wire[default]),
         "by_wire": wires,
-        # Bytes per update (float32 and float16) where every ack carries the weights.
-        "bytes_per_update": {dtype: w["bytes_per_update"] for dtype, w in every_ack.items()},
+        # Measured bytes in and out per update, by gradient and weights dtype, where every
+        # ack carries the weights (the classic sync).
+        "bytes_per_update": every_ack,
         "scaling": phases,
         "configuration": {
             "what": "one learner process fed by synthetic senders over loopback TCP, no envs",
             "env": config.env,
             "parameters": n_params,
             "max_inflight_per_sender": 1,
-            "default_wire": {"wire_dtype": default.dtype, "sync_interval": default.sync_interval},
+            "default_wire": {
+                "wire_dtype": default.dtype,
+                "sync_interval": default.sync_interval,
+                "weights_dtype": default.weights_dtype,
+            },
             "sender_processes": procs,
             "window_s": seconds,
             "learner_flags": "--max-staleness 1000000 --checkpoint-interval 3600, else the config",
-            "ack": "carries the float32 weights when the sender asks (every sync_interval-th)",
+            "ack": "carries the weights (in the learner's weights_dtype) when the sender asks "
+            "(every sync_interval-th)",
+            "bytes": "the learner's a3c_learner_bytes_{received,sent}_total over the window, "
+            "per applied update",
         },
     }
 

@@ -2,7 +2,8 @@
 whole machine, and the load around a window (/metrics samples are common.samples).
 
 The machine is shared (other people run tests on it), so every figure carries the load average
-and the machine's busy cores next to the cores our own processes used in the same window.
+and the machine's busy cores next to the cores our own processes used in the same window. The
+bytes through the learner's link come from its own counters, the same way for every benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from common.samples import Samples
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,6 +88,30 @@ class CpuWindow:
             "loadavg_start": [round(x, 2) for x in self.loadavg_start],
             "loadavg_end": [round(x, 2) for x in self.loadavg_end],
         }
+
+
+def link_bytes(window: Samples, updates: float, subscribers: bool) -> dict[str, Any]:
+    """Bytes through the learner's link per applied update, from its own counters over a
+    window (a3c_learner_bytes_{received,sent}_total): `in` (gradients, hellos, heartbeats,
+    refused frames), `out` (acks with their weights, welcomes, heartbeat answers), `broadcast`
+    (the rate-limited weights for subscribers, counted once however many there are, and in
+    `total` only when something subscribes), and per training frame: the total over the
+    frames behind each update (num_envs x n_steps x frames per agent step for a worker)."""
+    if not updates:
+        return {key: None for key in ("in", "out", "broadcast", "total", "frames", "kb_per_frame")}
+    received = window.total("a3c_learner_bytes_received_total") / updates
+    broadcast = window.get("a3c_learner_bytes_sent_total", type="weights") / updates
+    sent = window.total("a3c_learner_bytes_sent_total") / updates - broadcast
+    total = received + sent + (broadcast if subscribers else 0.0)
+    frames = window.get("a3c_learner_env_frames_total") / updates
+    return {
+        "in": round(received),
+        "out": round(sent),
+        "broadcast": round(broadcast),
+        "total": round(total),
+        "frames": round(frames, 1),
+        "kb_per_frame": round(total / frames / 1000, 3) if frames else None,
+    }
 
 
 def machine_info() -> dict[str, Any]:

@@ -38,7 +38,8 @@ def _headline(result: Results) -> list[str]:
             _num(result.system_frames_per_s),
             f"{cfg['env']}, learner + {cfg['workers']} workers"
             f"{' + evaluator' if cfg['evaluator'] else ''}, num_envs {cfg['num_envs']}, "
-            f"{cfg['grad_dtype']} wire, {_num(window)} s window",
+            f"{cfg['grad_dtype']} gradients, {cfg.get('weights_dtype', 'float32')} weights, "
+            f"{_num(window)} s window",
             "system_frames_per_s",
         ))  # fmt: skip
     for key, figure in figures.items():
@@ -73,7 +74,8 @@ def _headline(result: Results) -> list[str]:
         figure = figures["learner_max_updates_per_s"]
         at = result.learner_max_updates_per_s_at or {}
         others = "; ".join(
-            f"{w['wire_dtype']} weights every {w['sync_interval']}: {_num(w['max_updates_per_s'])}"
+            f"{w['wire_dtype']} gradients, {w.get('weights_dtype', 'float32')} weights every "
+            f"{w['sync_interval']}: {_num(w['max_updates_per_s'])}"
             + (" (default)" if w["default"] else "")
             for w in figure.extra["by_wire"]
         )
@@ -81,19 +83,31 @@ def _headline(result: Results) -> list[str]:
             "learner_max_updates_per_s",
             _num(result.learner_max_updates_per_s),
             f"learner alone, synthetic senders, best phase: {at['senders']} senders, "
-            f"{at['wire_dtype']} gradients, weights in every {at['sync_interval']} ack(s). "
-            f"Best by wire: {others}; {figure.configuration['parameters']:,} params",
+            f"{at['wire_dtype']} gradients, {at.get('weights_dtype', 'float32')} weights in "
+            f"every {at['sync_interval']} ack(s). Best by wire: {others}; "
+            f"{figure.configuration['parameters']:,} params",
             "learner_max_updates_per_s",
         ))  # fmt: skip
     if "bytes_per_update" in figures:
-        for dtype, size in figures["bytes_per_update"].value.items():
+        for wire, size in figures["bytes_per_update"].value.items():
             rows.append((
-                f"bytes_per_update ({dtype})",
+                f"bytes_per_update ({wire})",
                 _num(size["total"]),
-                f"gradient {size['gradient']:,} + ack {size['ack']:,} "
-                "(weights in every ack)",
+                f"in {_num(size['in'])} + out {_num(size['out'])}, weights in every ack; "
+                f"{_num(size['kb_per_frame'], 2)} KB per frame at {_num(size['frames'], 0)} "
+                "frames per update (learner counters)",
                 "bytes_per_update",
             ))  # fmt: skip
+    if "system_bytes_per_update" in figures:
+        size = figures["system_bytes_per_update"].extra
+        rows.append((
+            "system_bytes_per_update",
+            _num(size["total"]),
+            f"in {_num(size['in'])} + out {_num(size['out'])} + broadcast "
+            f"{_num(size['broadcast'])}; {_num(size['kb_per_frame'], 2)} KB per frame at "
+            f"{_num(size['frames'], 0)} frames per update (learner counters, system run)",
+            "system_bytes_per_update",
+        ))  # fmt: skip
     for key, staleness in (
         ("staleness_p50", result.staleness_p50),
         ("staleness_p99", result.staleness_p99),
@@ -161,18 +175,20 @@ def _scaling(result: Results) -> list[str]:
         "",
         "Learner ceiling by number of synthetic senders (each: 1 gradient in flight, as a worker):",
         "",
-        "| senders | gradient wire | weights every k-th ack | updates/s | learner cores "
-        "| updates per learner CPU-s | sender cores | apply ms | staleness p50/p99 | load 1m "
-        "| busy cores |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| senders | gradient wire | weights every k-th ack | weights wire | updates/s "
+        "| learner cores | updates per learner CPU-s | sender cores | apply ms "
+        "| staleness p50/p99 | bytes in/out per update | KB per frame | load 1m | busy cores |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for p in phases:
         lines.append(
-            f"| {p.senders} | {p.wire_dtype} | {p.sync_interval} | "
+            f"| {p.senders} | {p.wire_dtype} | {p.sync_interval} | {p.weights_dtype} | "
             f"{_num(p.updates_per_s)} | "
             f"{p.learner_cores:.2f} | {_num(p.updates_per_learner_cpu_s)} | "
             f"{p.sender_cores:.2f} | {_num(p.apply_ms_mean, 2)} | "
             f"{_num(p.staleness_p50, 0)}/{_num(p.staleness_p99, 0)} | "
+            f"{_num(p.bytes_in_per_update)}/{_num(p.bytes_out_per_update)} | "
+            f"{_num(p.kb_per_frame, 2)} | "
             f"{p.loadavg_1m:.1f} | {p.machine_busy_cores:.2f} |"
         )
     return lines

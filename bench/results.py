@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: bytes per update measured by the learner's byte counters, keyed by gradient and weights
+dtype, with KB per training frame beside them."""
 
 
 @dataclass(kw_only=True)
@@ -56,6 +58,7 @@ class ScalingRow:
     senders: int
     wire_dtype: str
     sync_interval: int
+    weights_dtype: str
     updates_per_s: float
     learner_cores: float
     updates_per_learner_cpu_s: float | None
@@ -63,15 +66,24 @@ class ScalingRow:
     apply_ms_mean: float | None
     staleness_p50: float | None
     staleness_p99: float | None
+    bytes_in_per_update: int | None
+    bytes_out_per_update: int | None
+    kb_per_frame: float | None
     loadavg_1m: float
     machine_busy_cores: float
 
     @classmethod
     def from_phase(cls, phase: dict[str, Any]) -> ScalingRow:
         """From a phase of bench.learner_ceiling's output."""
-        names = {f.name for f in fields(cls)} - {"loadavg_1m", "machine_busy_cores"}
+        derived = {"loadavg_1m", "machine_busy_cores", "bytes_in_per_update"}
+        derived |= {"bytes_out_per_update", "kb_per_frame"}
+        names = {f.name for f in fields(cls)} - derived
+        sizes = phase["bytes_per_update"]
         return cls(
             **{name: phase[name] for name in names},
+            bytes_in_per_update=sizes["in"],
+            bytes_out_per_update=sizes["out"],
+            kb_per_frame=sizes["kb_per_frame"],
             loadavg_1m=phase["cpu"]["loadavg_start"][0],
             machine_busy_cores=phase["cpu"]["machine_busy_cores"],
         )
@@ -104,6 +116,13 @@ class Results:
     learner_default_wire_max_updates_per_s: float | None = None
     learner_updates_per_cpu_s: float | None = None
     bytes_per_update: dict[str, int] | None = None
+    """Measured bytes in + out of the learner per update, weights in every ack, by
+    "<gradient dtype> gradients, <weights dtype> weights" (the learner ceiling)."""
+    kb_per_frame: dict[str, float] | None = None
+    """The same over the frames behind one update, in KB per training frame."""
+    system_bytes_per_update: dict[str, Any] | None = None
+    """In, out, broadcast and total bytes per update through the learner in the system run."""
+    system_kb_per_frame: float | None = None
     learner_scaling: list[ScalingRow] | None = None
     figures: dict[str, Figure] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)

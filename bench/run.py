@@ -62,8 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--senders", help="comma-separated sender counts for the ceiling")
     parser.add_argument(
         "--variant-senders",
-        help="sender counts for the variant wires (other dtype; weights "
-        "every 4th ack); default: min and max of --senders",
+        help="sender counts for the variant wires (other gradient dtype; weights every 4th "
+        "ack; each other weights dtype); default: min and max of --senders",
     )
     parser.add_argument("--sender-processes", type=int, default=2)
     parser.add_argument("--no-bracket", action="store_true", help="one Hogwild run, not two")
@@ -202,6 +202,16 @@ def _system(results: Results, system: dict[str, Any], hogwild: list[dict[str, An
             system[key], "versions (bucket upper bound)", configuration, cpus
         )
     results.worker_time_split = system["worker_time_split"]["share"]
+    sizes = system["bytes_per_update"]
+    results.system_bytes_per_update = sizes
+    results.system_kb_per_frame = sizes["kb_per_frame"]
+    results.figures["system_bytes_per_update"] = Figure.measured(
+        sizes["total"],
+        "bytes through the learner per update (in + out + broadcast)",
+        configuration,
+        cpus,
+        **sizes,
+    )
     results.figures["worker_time_split"] = Figure.measured(
         system["worker_time_split"]["ms_per_agent_step"],
         "ms per agent step, per worker",
@@ -246,7 +256,10 @@ def _ceiling(results: Results, ceiling: dict[str, Any]) -> None:
         w["max_updates_per_learner_cpu_s"] for w in ceiling["by_wire"]
     )
     results.bytes_per_update = {
-        dtype: sizes["total"] for dtype, sizes in ceiling["bytes_per_update"].items()
+        wire: sizes["total"] for wire, sizes in ceiling["bytes_per_update"].items()
+    }
+    results.kb_per_frame = {
+        wire: sizes["kb_per_frame"] for wire, sizes in ceiling["bytes_per_update"].items()
     }
     results.learner_scaling = [ScalingRow.from_phase(phase) for phase in ceiling["scaling"]]
     cpus = [phase["cpu"] for phase in ceiling["scaling"]]
@@ -260,7 +273,7 @@ def _ceiling(results: Results, ceiling: dict[str, Any]) -> None:
     )
     results.figures["bytes_per_update"] = Figure.measured(
         ceiling["bytes_per_update"],
-        "bytes (gradient message + ack with weights)",
+        "bytes per update in and out of the learner, its counters (weights in every ack)",
         ceiling["configuration"],
         cpus,
     )

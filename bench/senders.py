@@ -10,6 +10,7 @@ phases, since starting torch processes is the slow part.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing as mp
 import queue
@@ -53,20 +54,21 @@ class Target:
 
 
 def _sender_process(index: int, target: Target, commands: Any, results: Any, stop: Any) -> None:
-    """Runs phases on command: ("run", count, dtype, sync_interval, phase) connects `count`
-    senders, says hello, reports ready, pushes gradients until `stop`, then reports its
-    counts; None exits."""
+    """Runs phases on command: ("run", count, dtype, sync_interval, phase, port) connects
+    `count` senders to the learner on `port` (None: the target's), says hello, reports ready,
+    pushes gradients until `stop`, then reports its counts; None exits."""
     torch.set_num_threads(1)
     wires = _wire_gradients(target.n_params, seed=index)
     while True:
         command = commands.get()
         if command is None:
             return
-        _, count, dtype, sync_interval, phase = command
+        _, count, dtype, sync_interval, phase, port = command
+        learner = target if port is None else dataclasses.replace(target, port=port)
         try:
             names = [f"bench-sender-{phase}-{index}-{i}" for i in range(count)]
             ready = functools.partial(results.put, ("ready", index, None))
-            stats = _run_phase(target, names, dtype, sync_interval, wires[dtype], ready, stop)
+            stats = _run_phase(learner, names, dtype, sync_interval, wires[dtype], ready, stop)
             results.put(("done", index, stats))
         except Exception as error:  # reported to the parent, which fails the benchmark
             results.put(("error", index, f"{type(error).__name__}: {error}"))
@@ -99,7 +101,7 @@ def _run_phase(
             assert client.sock is not None
             poller.register(client.sock, zmq.POLLIN)
             by_socket[client.sock] = i
-        stats = {"acks": 0, "rejected": 0, "gradient_bytes": 0, "ack_bytes_total": 0}
+        stats = {"acks": 0, "rejected": 0}
         since_weights = [0] * count
 
         def body(i: int) -> GradientBody:
@@ -117,9 +119,6 @@ def _run_phase(
             if not clients[i].send("gradient", body(i), [(dtype, gradient)], timeout_ms=10_000):
                 raise RuntimeError(f"{names[i]}: the learner does not take gradients")
 
-        # What one gradient message weighs on the wire (a scratch session: no sequence used).
-        frames = Session("bench-size").encode("gradient", body(0), [(dtype, gradient)])
-        stats["gradient_bytes"] = sum(memoryview(frame).nbytes for frame in frames)
         for i in range(count):
             send(i)
         while not stop.is_set():
@@ -134,7 +133,6 @@ def _run_phase(
                 if message.type == "ack":
                     ack = message.payload_as(AckBody)
                     stats["acks" if ack.accepted else "rejected"] += 1
-                    stats["ack_bytes_total"] += message.nbytes
                     if message.arrays:  # weights: a worker would load them here
                         versions[i] = ack.model_version
                         since_weights[i] = 0
@@ -170,16 +168,19 @@ class SenderPool:
             proc.start()
         self.phase = 0
 
-    def start_phase(self, senders: int, dtype: str, sync_interval: int) -> list[int]:
+    def start_phase(
+        self, senders: int, dtype: str, sync_interval: int, port: int | None = None
+    ) -> list[int]:
         """Spread `senders` over the processes; returns the indices of those taking part.
-        Each sender asks for weights with every `sync_interval`-th gradient, as a worker does."""
+        Each sender asks for weights with every `sync_interval`-th gradient, as a worker does.
+        `port`: a learner other than the target's (the processes outlive a learner)."""
         self.phase += 1
         self.stop.clear()
         n = len(self.procs)
         share = [senders // n + (i < senders % n) for i in range(n)]
         active = [i for i, n in enumerate(share) if n > 0]
         for i in active:
-            self.commands[i].put(("run", share[i], dtype, sync_interval, self.phase))
+            self.commands[i].put(("run", share[i], dtype, sync_interval, self.phase, port))
         self._collect("ready", active, READY_TIMEOUT_S)
         return active
 

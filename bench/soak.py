@@ -3,7 +3,9 @@ flood of malformed messages, and record every process's resident memory over tim
 
 Memory must stay flat: a learner that leaks per message, a worker that queues gradients, or an
 evaluator that keeps old weights would show as a slope. Writes bench/soak.json with the series
-and, per process, RSS after warm-up, at the end, its maximum and the slope in MiB per minute.
+and, per process, RSS after warm-up, at the end, its maximum and the slope in MiB per minute;
+for the evaluator also the bytes its page's games held at most (a3c_evaluator_game_bytes)
+beside their stated bound, and its RSS growth after warm-up, which must stay within it.
 The cluster is `a3c run`'s own (services.local.launcher), without its restarts: a process that
 dies under the flood is a finding, listed under `died`, not something to paper over.
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sent = [0]
     series: dict[str, list[tuple[float, float]]] = {}
     died: dict[str, int | None] = {}
+    game_bytes = {"max": 0.0, "bound": 0.0}
     with LocalCluster(config) as cluster:
         started = time.monotonic()
         flooder = threading.Thread(
@@ -110,6 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         series.setdefault(child.name, []).append((round(now, 1), round(value, 2)))
                     elif child.name not in died and child.process is not None:
                         died[child.name] = child.process.poll()
+                if cluster.evaluator is not None:
+                    page = cluster.evaluator.metrics()
+                    game_bytes["max"] = max(game_bytes["max"], page.get("a3c_evaluator_game_bytes"))
+                    bound = page.get("a3c_evaluator_game_bytes_bound")
+                    game_bytes["bound"] = max(game_bytes["bound"], bound)
                 print(
                     f"[{now:5.0f}s] "
                     + "  ".join(
@@ -145,6 +153,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "updates": int(learner.get("a3c_learner_updates_total")),
         "died": died,
         "processes": summary,
+        "evaluator_games": {
+            "game_bytes_max_mib": round(game_bytes["max"] / 2**20, 2),
+            "game_bytes_bound_mib": round(game_bytes["bound"] / 2**20, 2),
+            "rss_growth_after_warmup_mib": (
+                round(
+                    summary["evaluator"]["rss_max_mib"]
+                    - summary["evaluator"]["rss_after_warmup_mib"],
+                    2,
+                )
+                if "evaluator" in summary
+                else None
+            ),
+        },
         "series": series,
         "run_dir": str(run_dir),
     }

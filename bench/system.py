@@ -3,8 +3,9 @@ learner + W workers + evaluator as local processes on loopback, default configur
 
 After start-up and a warm-up, it reads over one window: env frames/s from the learner's
 `a3c_learner_env_frames_total` (frames behind applied gradients), staleness quantiles from its
-histogram, each worker's time split from `a3c_worker_phase_seconds_total{phase=...}`, and the
-CPU every process used (the evaluator's share included).
+histogram, each worker's time split from `a3c_worker_phase_seconds_total{phase=...}`, the bytes
+in and out of the learner per update and per frame from its byte counters, and the CPU every
+process used (the evaluator's share included).
 
     python -m bench.system --workers 2 --warmup 20 --seconds 60
 """
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import CpuWindow
+from bench.measure import CpuWindow, link_bytes
 from common.config import Config, load_config
 from common.envs import frames_per_step
 from common.samples import Samples
@@ -33,6 +34,7 @@ SYSTEM_FIELDS = (
     "num_envs",
     "n_steps",
     "grad_dtype",
+    "weights_dtype",
     "sync_interval",
     "max_inflight",
     "max_staleness",
@@ -106,6 +108,9 @@ def _measure(cluster: LocalCluster, config: Config, seconds: float) -> dict[str,
         "staleness_p99": learner.quantile("a3c_learner_gradient_staleness", 0.99),
         "staleness_buckets": [[b, round(n)] for b, n in staleness],
         "rejected": round(learner.total("a3c_learner_gradients_rejected_total")),
+        # What the learner's link carried per update and per training frame, broadcasts to
+        # the evaluator included when it runs.
+        "bytes_per_update": link_bytes(window["learner"][0], updates, subscribers=evaluator),
         "worker_time_split": split,
         "evaluator_cores": cores["cores"].get("evaluator"),
         # Its CPU depends on how long the current policy's games last: say how many it played.

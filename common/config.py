@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.errors import UsageError
 
 GradDtype = Literal["float32", "float16", "bfloat16"]
+WeightsDtype = Literal["float32", "float16", "bfloat16"]
 EvalPolicy = Literal["greedy", "sample"]
 LogFormat = Literal["text", "json"]
 
@@ -109,6 +110,15 @@ class Config(BaseSettings):
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     """Messages larger than this are refused by the socket and the decoder."""
 
+    # --- Wire of the weights (learner side) ----------------------------------------------
+    weights_dtype: WeightsDtype = "float32"
+    """Precision of the weights the learner sends (welcome, acks, broadcast); its own weights
+    and Adam stay float32, and workers and the evaluator decode whatever dtype arrives into
+    their float32 model. float16 halves the bytes of every ack with weights (1.18 vs 2.35 MB
+    for Breakout's model; weights are O(1), so no scaling is needed); bfloat16 keeps float32's
+    range at 3 significant digits, and only peers of protocol 1.2 or later decode it. float32
+    stays the default until the learning benchmark has measured the others."""
+
     # --- Worker / evaluator connection ---------------------------------------------------
     learner: str = "127.0.0.1:5555"
     """Learner address HOST:PORT as seen from workers and the evaluator."""
@@ -154,6 +164,20 @@ class Config(BaseSettings):
     run_evaluator: bool = True
     """`a3c run` starts an evaluator beside the workers. The learning benchmark turns it off
     and scores its frame marks afterwards, so training has both cores to itself."""
+
+    # --- Watching it learn (the evaluator's page, TensorBoard) ---------------------------
+    game_max_frames: int = Field(1024, ge=0, le=65536)
+    """Most frames the evaluator keeps of a game, for /game/latest.gif and /game/best.gif
+    (0 records none). A longer game is thinned to every 2nd, 4th, 8th step and so on, so the
+    GIF spans the whole game. Frames are downsampled so no side exceeds 160 pixels (Breakout:
+    80x105 RGB, 25,200 bytes): at 1024 the evaluator holds at most 64 MB for its games,
+    encoding included (a3c_evaluator_game_bytes_bound, services/evaluator/gallery.py)."""
+    page_links: str = ""
+    """Links the evaluator's page shows, as space-separated NAME=URL pairs (e.g. the learner's
+    and workers' /metrics, Prometheus, Grafana); `a3c run` fills it in."""
+    tensorboard_dir: Path | None = None
+    """Write TensorBoard scalars (losses, entropy, gradient norm, staleness, frames/s,
+    updates/s, evaluation scores) under this directory; needs the `tensorboard` extra."""
 
     # --- Offline tools (`a3c evaluate`, `a3c record`) -------------------------------------
     checkpoint: Path | None = None
@@ -221,7 +245,7 @@ _SERVICE = _names(
 """What every service reads: its sessions' limits and key, and `start_service`'s settings."""
 _LEARNER = _names(
     "env lr host port checkpoint_dir init_from checkpoint_interval keep_checkpoints"
-    " max_staleness publish_interval heartbeat_interval"
+    " max_staleness publish_interval heartbeat_interval weights_dtype"
 )
 _WORKER = _names(
     "env seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef value_coef"
@@ -231,10 +255,12 @@ _WORKER = _names(
 _EVALUATOR = _names(
     "env seed learner worker_id eval_window eval_interval eval_policy eval_log best_model_path"
 )
+_WATCH = _names("game_max_frames page_links tensorboard_dir")
+"""The evaluator's page and TensorBoard scalars; `a3c run` also writes the learner's."""
 SET_BY_LAUNCHER = frozenset(
     _names(
         "host port learner metrics_host metrics_port log_format"
-        " checkpoint_dir worker_id eval_log best_model_path"
+        " checkpoint_dir worker_id eval_log best_model_path page_links"
     )
 )
 """What `a3c run` sets itself for its children (loopback addresses, free ports, the run
@@ -248,13 +274,13 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "run": tuple(
         dict.fromkeys(
             name
-            for name in (*_LAUNCHER, *_LEARNER, *_WORKER, *_EVALUATOR, *_SERVICE)
+            for name in (*_LAUNCHER, *_LEARNER, *_WORKER, *_EVALUATOR, *_WATCH, *_SERVICE)
             if name not in SET_BY_LAUNCHER
         )
     ),
     "learner": _LEARNER + _SERVICE,
     "worker": _WORKER + _SERVICE,
-    "evaluator": _EVALUATOR + _SERVICE,
+    "evaluator": _EVALUATOR + _WATCH + _SERVICE,
     "evaluate": (*_PLAY, "episodes"),
     "record": _PLAY,
     "plot": ("run_dir", "out", "eval_window"),

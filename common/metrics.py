@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import TypeVar
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -48,6 +48,10 @@ LOST_REASONS = ("silent", "timeout", "forgotten")
 """Why a worker starts over with the learner: nothing heard for 3 heartbeat intervals (the
 quick path), a gradient left unanswered for `learner_timeout` while the learner otherwise
 answered, or the learner no longer knew the worker."""
+RECEIVED_TYPES = ("hello", "gradient", "heartbeat", "bye", "unreadable")
+"""What a learner's bytes in are, by message type; `unreadable`: frames it refused to decode."""
+SENT_TYPES = ("welcome", "ack", "heartbeat", "error", "weights")
+"""What a learner's bytes out are: replies to workers, and `weights`, the broadcast."""
 MetricT = TypeVar("MetricT", Counter, Gauge)
 
 
@@ -67,6 +71,7 @@ class LearnerMetrics:
     checkpoints: Counter
     checkpoint_failures: Counter
     bytes_received: Counter
+    bytes_sent: Counter
     workers_forgotten: Counter
 
 
@@ -151,8 +156,22 @@ def learner_metrics() -> LearnerMetrics:
         ),
         checkpoints=Counter("a3c_learner_checkpoints", "Checkpoints written", registry=r),
         checkpoint_failures=checkpoint_failures,
-        bytes_received=Counter(
-            "a3c_learner_received_bytes", "Bytes of messages received", registry=r
+        bytes_received=predeclared(
+            Counter,
+            "a3c_learner_bytes_received",
+            "Bytes of the messages the learner received (refused ones too), by type",
+            "type",
+            RECEIVED_TYPES,
+            r,
+        ),
+        bytes_sent=predeclared(
+            Counter,
+            "a3c_learner_bytes_sent",
+            "Bytes of the messages the learner queued to send, by type (a broadcast once, "
+            "however many subscribers get it)",
+            "type",
+            SENT_TYPES,
+            r,
         ),
         workers_forgotten=forgotten,
     )
@@ -172,6 +191,7 @@ class WorkerMetrics:
     phase_seconds: Counter
     heartbeats_sent: Counter
     learner_lost: Counter
+    replies_rejected: Counter
 
 
 def worker_metrics() -> WorkerMetrics:
@@ -212,6 +232,15 @@ def worker_metrics() -> WorkerMetrics:
             registry=r,
         ),
         learner_lost=lost,
+        replies_rejected=predeclared(
+            Counter,
+            "a3c_worker_replies_rejected",
+            "Learner replies the worker refused, by reason: unreadable ones, and weights "
+            "that do not fit its model (wrong dtype or size)",
+            "reason",
+            REJECT_REASONS,
+            r,
+        ),
     )
 
 
@@ -227,6 +256,8 @@ class EvaluatorMetrics:
     episode_frames: Gauge
     weights_received: Counter
     rejected: Counter
+    game_bytes: Gauge
+    game_bytes_bound: Gauge
 
 
 def evaluator_metrics() -> EvaluatorMetrics:
@@ -265,6 +296,18 @@ def evaluator_metrics() -> EvaluatorMetrics:
             ["reason"],
             registry=r,
         ),
+        game_bytes=Gauge(
+            "a3c_evaluator_game_bytes",
+            "Bytes held for the page's games: frames of the game being played plus the GIFs "
+            "of the latest and best games",
+            registry=r,
+        ),
+        game_bytes_bound=Gauge(
+            "a3c_evaluator_game_bytes_bound",
+            "The most a3c_evaluator_game_bytes can reach, GIF encoding included "
+            "(services/evaluator/gallery.py derives it)",
+            registry=r,
+        ),
     )
 
 
@@ -293,23 +336,65 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What a route answers: built whole before it is sent, so a page or a GIF is never
+    served half-updated. Sent with `Cache-Control: no-store`: the latest game changes under
+    the same URL."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Routes = Mapping[str, Callable[[], Reply]]
+"""Extra paths a service serves beside /metrics and /healthz (the evaluator's page)."""
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def metrics_app(registry: CollectorRegistry, health: Health, routes: Routes | None = None) -> Any:
+    """The WSGI app of a metrics port: /healthz, `routes`, and /metrics for anything else
+    (Prometheus scrapes /metrics, but any path has always answered with the metrics)."""
+    prometheus_app = make_wsgi_app(registry)
+    extra = dict(routes or {})
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path in ("/healthz", "/health", "/readyz"):
+            ok = health.healthy()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable",
+                [("Content-Type", "text/plain")],
+            )
+            return [b"ok\n" if ok else b"stalled\n"]
+        if path in extra:
+            reply = extra[path]()
+            headers = [
+                ("Content-Type", reply.content_type),
+                ("Content-Length", str(len(reply.body))),
+                ("Cache-Control", "no-store"),
+            ]
+            start_response(f"{reply.status} {_REASONS.get(reply.status, 'Error')}", headers)
+            return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else reply.body]
+        return prometheus_app(environ, start_response)
+
+    return app
+
+
 class MetricsServer:
-    """Serves /metrics (Prometheus text) and /healthz (200 or 503) from a daemon thread."""
+    """Serves /metrics (Prometheus text), /healthz (200 or 503) and any extra `routes` from a
+    daemon thread."""
 
-    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int) -> None:
-        metrics_app = make_wsgi_app(registry)
-
-        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "/")
-            if path in ("/healthz", "/health", "/readyz"):
-                ok = health.healthy()
-                start_response(
-                    "200 OK" if ok else "503 Service Unavailable",
-                    [("Content-Type", "text/plain")],
-                )
-                return [b"ok\n" if ok else b"stalled\n"]
-            return metrics_app(environ, start_response)
-
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Health,
+        host: str,
+        port: int,
+        routes: Routes | None = None,
+    ) -> None:
+        app = metrics_app(registry, health, routes)
         self._server: WSGIServer = make_server(
             host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
         )
@@ -323,9 +408,13 @@ class MetricsServer:
 
 
 def serve_metrics(
-    registry: CollectorRegistry, health: Health, host: str, port: int
+    registry: CollectorRegistry,
+    health: Health,
+    host: str,
+    port: int,
+    routes: Routes | None = None,
 ) -> MetricsServer | None:
     """Start the endpoint, or do nothing when port is 0 (disabled)."""
     if port == 0:
         return None
-    return MetricsServer(registry, health, host, port)
+    return MetricsServer(registry, health, host, port, routes)

@@ -30,9 +30,15 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PROTOCOL_VERSION = (1, 1)
+PROTOCOL_VERSION = (1, 2)
 """(major, minor). Peers with another major version are refused; bump minor for additions
-(1.1: the hello's `heartbeat_interval`)."""
+(1.1: the hello's `heartbeat_interval`; 1.2: weights in a welcome, ack or broadcast may travel
+as float16 or bfloat16, the learner's `weights_dtype`, and a receiver decodes the dtype their
+array spec names)."""
+ANY_WEIGHTS_DTYPE_SINCE = (1, 2)
+"""The first version whose receivers decode weights of every wire dtype. A 1.1 peer reads
+float16 weights right (numpy casts them to float32) but would load bfloat16's raw 16-bit
+patterns as integers, so a learner sending bfloat16 weights refuses its hello."""
 
 MESSAGE_TYPES = frozenset(
     {"hello", "welcome", "gradient", "ack", "heartbeat", "weights", "error", "bye"}
@@ -197,6 +203,8 @@ class Message:
     arrays: list[np.ndarray] = field(default_factory=list)
     array_dtypes: list[str] = field(default_factory=list)
     nbytes: int = 0
+    proto: tuple[int, int] = PROTOCOL_VERSION
+    """The protocol version the sender speaks (same major; its minor says what it reads)."""
 
     def payload_as(self, kind: builtins.type[B]) -> B:
         """The typed body, for a receiver that has already dispatched on `type`."""
@@ -364,7 +372,10 @@ def _message_from_header(
         arrays.append(np.frombuffer(buffer, dtype=dtype).reshape(shape))
         dtypes.append(dtype_name)
     payload = _validate_body(msg_type, body)
-    return Message(msg_type, sender, run, seq, float(sent_at), body, payload, arrays, dtypes)
+    proto = (header["proto"][0], header["proto"][1])
+    return Message(
+        msg_type, sender, run, seq, float(sent_at), body, payload, arrays, dtypes, proto=proto
+    )
 
 
 def _validate_body(msg_type: str, body: dict[str, Any]) -> Body:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from common.config import Config
 from common.logs import setup_logging
-from common.metrics import Health, MetricsServer, serve_metrics
+from common.metrics import Health, MetricsServer, Routes, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class Runtime:
     stop: threading.Event
     health: Health
     metrics_server: MetricsServer | None = None
+    routes: Routes | None = None
+    """Extra paths served beside /metrics and /healthz (the evaluator's page and games)."""
 
     def serve(self, registry: CollectorRegistry, config: Config) -> None:
         """Start /metrics and /healthz (once; nothing when the metrics port is 0). Health is
@@ -59,7 +61,7 @@ class Runtime:
             return
         self.health.tick()
         self.metrics_server = serve_metrics(
-            registry, self.health, config.metrics_host, config.metrics_port
+            registry, self.health, config.metrics_host, config.metrics_port, self.routes
         )
         if self.metrics_server is not None:
             log.info(
@@ -78,8 +80,10 @@ def start_service(
     registry: CollectorRegistry,
     stale_after: float = 60,
     serve: bool = True,
+    routes: Routes | None = None,
 ) -> Runtime:
-    """Set up logging, turn SIGTERM/SIGINT into a stop event, and serve metrics + health.
+    """Set up logging, turn SIGTERM/SIGINT into a stop event, and serve metrics + health
+    (+ `routes`).
 
     `serve=False` leaves the endpoint to a later `Runtime.serve`, for a service whose metrics
     mean nothing until it has loaded its state (the learner's model version before resume)."""
@@ -96,7 +100,7 @@ def start_service(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    runtime = Runtime(stop, Health(stale_after))
+    runtime = Runtime(stop, Health(stale_after), routes=routes)
     if serve:
         runtime.serve(registry, config)
     return runtime

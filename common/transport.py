@@ -31,19 +31,32 @@ class Received:
     """One incoming message: decoded, or the reason it was refused (never an exception)."""
 
     def __init__(
-        self, identity: bytes | None, message: Message | None, error: ProtocolError | None
+        self,
+        identity: bytes | None,
+        message: Message | None,
+        error: ProtocolError | None,
+        nbytes: int = 0,
     ) -> None:
         self.identity = identity
         self.message = message
         self.error = error
+        self.nbytes = nbytes
+        """Bytes of the message's frames (the ROUTER identity aside), refused ones too."""
+
+
+def frames_nbytes(frames: Sequence[Any]) -> int:
+    """Bytes of a message's frames (bytes, memoryviews or zmq.Frames), as they cross the wire
+    less ZeroMQ's own framing of a few bytes each."""
+    return sum(memoryview(getattr(frame, "buffer", frame)).nbytes for frame in frames)
 
 
 def _decode(session: Session, frames: list, identity: bytes | None = None) -> Received:
     """Decode or explain: a bad message becomes a Received with its error, never a raise."""
+    nbytes = frames_nbytes(frames)
     try:
-        return Received(identity, session.decode(frames), None)
+        return Received(identity, session.decode(frames), None, nbytes)
     except ProtocolError as error:
-        return Received(identity, None, error)
+        return Received(identity, None, error, nbytes)
 
 
 class RouterServer:
@@ -73,12 +86,14 @@ class RouterServer:
         msg_type: str,
         body: BodyLike = None,
         arrays: Sequence[tuple[str, Any]] = (),
-    ) -> None:
+    ) -> int:
+        """Queue the reply without copying its arrays; the bytes queued (0: dropped)."""
         frames = self.session.encode(msg_type, body, arrays)
         try:
             self.sock.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass  # the peer's queue is full: it is not reading; its own timeout recovers it
+            return 0  # the peer's queue is full: it is not reading; its own timeout recovers it
+        return frames_nbytes(frames)
 
     def close(self) -> None:
         self.sock.close()
@@ -95,15 +110,15 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, 2)
         self.sock.bind(f"tcp://{host}:{port}")
 
-    def publish(
-        self, msg_type: str, body: BodyLike, arrays: Sequence[tuple[str, Any]] = ()
-    ) -> None:
+    def publish(self, msg_type: str, body: BodyLike, arrays: Sequence[tuple[str, Any]] = ()) -> int:
+        """Broadcast without copying the arrays; the bytes of the message (0: dropped),
+        counted once however many subscribers (none included) are sent a copy."""
+        frames = self.session.encode(msg_type, body, arrays)
         try:
-            self.sock.send_multipart(
-                self.session.encode(msg_type, body, arrays), copy=False, flags=zmq.NOBLOCK
-            )
+            self.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass
+            return 0
+        return frames_nbytes(frames)
 
     def close(self) -> None:
         self.sock.close()

@@ -3,7 +3,9 @@
 Everything travels as a single flat buffer (one frame, no per-tensor overhead); the header's
 `layout` digest (names and shapes of every parameter) lets a receiver refuse a gradient for a
 different model before touching it. Float16 gradients are scaled by a power of two per
-message so that small gradients do not flush to zero.
+message so that small gradients do not flush to zero. Weights travel unscaled in the
+learner's `weights_dtype` (float32 masters stay on the learner): their values are O(1), well
+inside float16's range, and a receiver decodes whatever dtype the array spec names.
 """
 
 from __future__ import annotations
@@ -16,8 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.protocol import WIRE_DTYPES, ProtocolError
+
 FLOAT16_TARGET_MAX = 2.0**14
 """float16 gradients are scaled so that the largest lands near here (max finite: 65504)."""
+
+TORCH_WIRE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""What each wire dtype is to torch (numpy's side is `common.protocol.WIRE_DTYPES`)."""
+WIRE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+"""A decoded array's wire dtype name from its numpy dtype: the two correspond one to one
+(bfloat16 alone arrives as uint16), so weights handed on without their name still decode."""
 
 
 def layout_digest(model: nn.Module) -> str:
@@ -79,10 +93,59 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def load_parameter_vector(model: nn.Module, vector: np.ndarray) -> None:
+def wire_tensor(array: np.ndarray, wire_dtype: str) -> torch.Tensor:
+    """A zero-copy torch view of a wire array with its real dtype (bfloat16 from uint16)."""
+    source = _as_tensor(array)
+    if wire_dtype == "bfloat16":
+        source = source.view(torch.int16).view(torch.bfloat16)
+    return source
+
+
+def load_parameter_vector(
+    model: nn.Module, vector: np.ndarray, wire_dtype: str | None = None
+) -> None:
+    """Load weights from the wire into a float32 model, whatever wire dtype they came in.
+
+    `wire_dtype` defaults to what the array's numpy dtype says (see WIRE_NAMES), so a
+    receiver that hands on `message.arrays[0]` alone decodes float16 and bfloat16 right.
+    Float32 weights are not copied (the parameters become views of the received buffer; the
+    receiver never writes them, only their gradients); others are converted once, by torch.
+    Raises ProtocolError ("dtype", "shape") for weights that are not this model's."""
+    name = wire_dtype if wire_dtype is not None else WIRE_NAMES.get(vector.dtype)
+    if name not in WIRE_DTYPES or WIRE_DTYPES[name] != vector.dtype:
+        raise ProtocolError("dtype", f"weights of numpy dtype {vector.dtype} as {name!r}")
+    count = sum(p.numel() for p in model.parameters())
+    if vector.shape != (count,):
+        raise ProtocolError("shape", f"weights of shape {vector.shape} for {count} parameters")
     with torch.no_grad():
-        flat = _as_tensor(np.asarray(vector, dtype=np.float32))
+        flat = wire_tensor(vector, name).to(torch.float32)
         torch.nn.utils.vector_to_parameters(flat, model.parameters())
+
+
+def wire_snapshot(values: torch.Tensor, wire_dtype: str) -> np.ndarray:
+    """A copy of `values` in the wire dtype, made in one pass that converts as it copies, for
+    a zero-copy send: the socket reads its memory after `send` returns, so it must never
+    change, and a fresh array never does. Reusing buffers would save nothing: with
+    `common.service.tune_allocator` a fresh multi-MB array comes from the heap without page
+    faults, and a copy into a reused buffer measured no faster than this one."""
+    dtype = TORCH_WIRE_DTYPES.get(wire_dtype)
+    if dtype is None:
+        raise ValueError(f"weights dtype {wire_dtype!r} not in {sorted(TORCH_WIRE_DTYPES)}")
+    with torch.no_grad():  # (`to` a dtype of its own would return `values` itself)
+        copy = values.detach().clone() if dtype == values.dtype else values.detach().to(dtype)
+    if wire_dtype == "bfloat16":
+        return copy.view(torch.int16).numpy().view(np.uint16)
+    return copy.numpy()
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every element is finite, at the cost of one sum: a NaN or infinity anywhere
+    makes the sum non-finite, so a finite sum proves them all finite, and only a sum that
+    overflowed needs the element-wise check. (torch's sum takes half the time of numpy's
+    isfinite + all, and torch's own isfinite is slower still.)"""
+    if math.isfinite(float(values.sum())):
+        return True
+    return bool(np.isfinite(values.detach().numpy()).all())
 
 
 def gradient_vector(model: nn.Module, wire_dtype: str) -> tuple[np.ndarray, float]:
@@ -108,9 +171,7 @@ def gradient_vector(model: nn.Module, wire_dtype: str) -> tuple[np.ndarray, floa
 def decode_into(out: torch.Tensor, wire: np.ndarray, wire_dtype: str, scale: float) -> None:
     """Write a wire array into a preallocated float32 tensor: one pass, no intermediate copy
     (torch converts float16 about 20x faster than numpy's casting copy)."""
-    source = _as_tensor(wire)
-    if wire_dtype == "bfloat16":
-        source = source.view(torch.int16).view(torch.bfloat16)
+    source = wire_tensor(wire, wire_dtype)
     with torch.no_grad():
         out.copy_(source)
         if scale != 1.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,17 @@ import pytest
 
 from services.local.launcher import Child, free_port, service_args
 
-__all__ = ["REPO", "Cluster", "Service", "free_port", "http_status", "k8s_validate", "wait_for"]
+__all__ = [
+    "REPO",
+    "Cluster",
+    "Service",
+    "fetch",
+    "free_port",
+    "http_status",
+    "k8s_validate",
+    "latest_game",
+    "wait_for",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -62,6 +73,26 @@ def http_status(port: int, path: str) -> int:
         return error.code
     except OSError:
         return 0
+
+
+def fetch(url: str, timeout: float = 10) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def latest_game(page: str) -> tuple[dict[str, Any], bytes] | None:
+    """The evaluator's /game/latest.json and the /game/latest.gif of that same game, from its
+    page at `page` (http://host:port); None before its first game (a 404), or when a newer
+    game replaced the latest between the requests: call again."""
+    try:
+        before = json.loads(fetch(f"{page}/game/latest.json"))
+        gif = fetch(f"{page}/game/latest.gif")
+        after = json.loads(fetch(f"{page}/game/latest.json"))
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+    return (after, gif) if before["game"] == after["game"] else None
 
 
 @functools.cache

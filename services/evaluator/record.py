@@ -1,5 +1,6 @@
 """`a3c record`: a GIF of one full evaluation game played by a saved model, with the running
-score drawn on every frame. Needs the `viz` extra (pillow)."""
+score drawn on every frame, at full size and every step (services.evaluator.gif writes it, as
+it writes the evaluator's live games)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,16 @@ from common.errors import UsageError
 from common.evaluation import play_episode
 from common.logs import setup_logging
 from common.seeding import evaluation_seed
+from services.evaluator.gif import FRAME_MS, encode_gif, pillow_available, to_palette, with_overlay
 from services.evaluator.offline import load_policy
 
 log = logging.getLogger("record")
 
-FRAME_MS = 50
-"""GIF frame duration: every agent step (4 emulator frames) shown for 50 ms, about 1.2x speed."""
-
 
 def record_game(config: Config) -> dict[str, Any]:
     setup_logging("record", str(config.checkpoint), config.log_level, config.log_format)
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        raise UsageError("needs pillow: pip install 'a3c-breakout[viz]'") from None
+    if not pillow_available():
+        raise UsageError("needs pillow: pip install pillow")
     if config.out is None:
         raise UsageError("--out FILE.gif is required")
     model, state = load_policy(config)
@@ -37,9 +34,8 @@ def record_game(config: Config) -> dict[str, Any]:
     frames: list[Any] = []
 
     def capture(score: float) -> None:
-        image = Image.fromarray(np.asarray(env.render()))
-        ImageDraw.Draw(image).text((4, 2), f"score {score:.0f}", fill=(255, 255, 0))
-        frames.append(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
+        # Kept as palette images (1 byte a pixel): a long game is tens of thousands of steps.
+        frames.append(to_palette(with_overlay(np.asarray(env.render()), f"score {score:.0f}")))
 
     result = play_episode(
         model,
@@ -52,14 +48,7 @@ def record_game(config: Config) -> dict[str, Any]:
     env.close()
     assert result is not None
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(
-        config.out,
-        save_all=True,
-        append_images=frames[1:],
-        duration=FRAME_MS,
-        loop=0,
-        optimize=True,
-    )
+    config.out.write_bytes(encode_gif(frames, FRAME_MS))
     summary = {
         "out": str(config.out),
         "score": result.score,

@@ -26,6 +26,7 @@ from common.config import Config
 from common.metrics import LOSS_STATS, LearnerMetrics
 from common.model import parameter_count
 from common.protocol import (
+    ANY_WEIGHTS_DTYPE_SINCE,
     HEARTBEAT_LIVENESS,
     AckBody,
     Body,
@@ -37,7 +38,7 @@ from common.protocol import (
     ProtocolError,
     WeightsBody,
 )
-from common.weights import FlatParameters, decode_into, layout_digest
+from common.weights import FlatParameters, all_finite, decode_into, layout_digest, wire_snapshot
 
 log = logging.getLogger("learner")
 
@@ -121,7 +122,9 @@ class LearnerCore:
         self.frames = 0
         self.workers: dict[bytes, WorkerRecord] = {}
         self._grad_flat = flat.grads
-        self._grad_np = flat.grads.numpy()
+        self.weights_dtype = config.weights_dtype
+        self.snapshots_taken = 0
+        """Weight snapshots encoded so far: one per model version that was sent."""
         self._weights: tuple[int, np.ndarray] | None = None
         self._log_limiter = LogLimiter(REJECT_LOGS_PER_MINUTE, clock)
         self._handlers: dict[str, Callable[[bytes, Message], Reply | None]] = {
@@ -169,14 +172,21 @@ class LearnerCore:
                     log.info("checkpoint lr %g replaced by --lr %g", group["lr"], self.config.lr)
                     group["lr"] = self.config.lr
         self.version, self.frames = version, frames
+        self._weights = None  # the snapshot of this version number, if any, is of other weights
         self.metrics.model_version.set(version)
 
     def weights(self) -> np.ndarray:
-        """A snapshot of the current parameters, taken once per version and never mutated,
-        so zero-copy sends stay valid while the model moves on."""
+        """The current parameters in the wire dtype: encoded once per version, and shared by
+        every welcome, ack and broadcast of that version. Never mutated, so zero-copy sends
+        stay valid while the model moves on."""
         if self._weights is None or self._weights[0] != self.version:
-            self._weights = (self.version, self.flat.snapshot())
+            self._weights = (self.version, wire_snapshot(self.flat.values, self.weights_dtype))
+            self.snapshots_taken += 1
         return self._weights[1]
+
+    def weights_arrays(self) -> tuple[tuple[str, np.ndarray]]:
+        """The weights as a message's arrays: (wire dtype name, snapshot)."""
+        return ((self.weights_dtype, self.weights()),)
 
     def weights_body(self) -> WeightsBody:
         return WeightsBody(
@@ -215,7 +225,6 @@ class LearnerCore:
             return self.refuse(identity, incoming)
         message = incoming
         self.metrics.messages.labels(type=message.type).inc()
-        self.metrics.bytes_received.inc(message.nbytes)
         try:
             handler = self._handlers.get(message.type)
             if handler is None:
@@ -245,7 +254,7 @@ class LearnerCore:
                 layout=self.layout,
                 env=self.config.env,
             )
-            return Reply("ack", body, (("float32", self.weights()),))
+            return Reply("ack", body, self.weights_arrays())
         return Reply(
             "error",
             ErrorBody(reason=error.reason, detail=error.detail, model_version=self.version),
@@ -259,6 +268,12 @@ class LearnerCore:
                 "model_mismatch",
                 f"peer model layout {layout[:32]} != {self.layout} "
                 f"(is it running env {self.config.env}?)",
+            )
+        if self.weights_dtype == "bfloat16" and message.proto < ANY_WEIGHTS_DTYPE_SINCE:
+            raise ProtocolError(
+                "protocol_version",
+                f"peer speaks protocol {message.proto[0]}.{message.proto[1]}, which cannot "
+                "decode bfloat16 weights: upgrade it, or set weights_dtype float16 or float32",
             )
         previous = self.workers.get(identity)
         for other_identity, other in list(self.workers.items()):
@@ -277,7 +292,7 @@ class LearnerCore:
             hello.heartbeat_interval or self.config.heartbeat_interval,
         )
         self.metrics.workers_active.set(len(self.workers))
-        return Reply("welcome", self.weights_body(), (("float32", self.weights()),))
+        return Reply("welcome", self.weights_body(), self.weights_arrays())
 
     def _known(self, identity: bytes, message: Message) -> WorkerRecord:
         """The record of a worker that said hello on this connection in this run; a message
@@ -327,7 +342,7 @@ class LearnerCore:
                 f"(max staleness {self.config.max_staleness})",
             )
         decode_into(self._grad_flat, wire, wire_dtype, body.scale)
-        if not np.isfinite(self._grad_np).all():
+        if not all_finite(self._grad_flat):
             raise ProtocolError("non_finite", "gradient holds NaN or Inf")
         self.optimizer.step()
         self.version += 1
@@ -345,7 +360,7 @@ class LearnerCore:
             layout=self.layout,
             env=self.config.env,
         )
-        arrays = (("float32", self.weights()),) if body.want_weights else ()
+        arrays = self.weights_arrays() if body.want_weights else ()
         self.metrics.apply_seconds.observe(self.clock() - started)
         return Reply("ack", ack, arrays)
 

@@ -61,7 +61,7 @@ class Learner:
         self.publisher = Publisher(self.session, config.host, config.port + 1)
         log.info(
             "serving %s (%d parameters, layout %s) on %s:%d (gradients) and :%d (weights), "
-            "version %d, signing %s",
+            "version %d, weights as %s, signing %s",
             config.env,
             self.core.n_params,
             self.core.layout,
@@ -69,6 +69,7 @@ class Learner:
             config.port,
             config.port + 1,
             self.version,
+            self.core.weights_dtype,
             "on" if self.session.key else "off",
         )
 
@@ -199,22 +200,27 @@ class Learner:
         self.core.forget_silent()
         now = time.monotonic()
         if now - self._last_publish >= self.config.publish_interval:
-            self.publisher.publish(
-                "weights", self.core.weights_body(), [("float32", self.weights())]
+            sent = self.publisher.publish(
+                "weights", self.core.weights_body(), self.core.weights_arrays()
             )
+            self.metrics.bytes_sent.labels(type="weights").inc(sent)
             self._last_publish = now
         if now - self._last_checkpoint >= self.config.checkpoint_interval:
             self.checkpoint()
 
     def handle(self, received: Received) -> None:
-        """Answer one request on the socket it came from, as the core decides."""
+        """Answer one request on the socket it came from, as the core decides, and count the
+        bytes both ways: what crosses the learner's link is what a cluster's network pays."""
         identity = received.identity
         assert identity is not None
         incoming = received.error if received.error is not None else received.message
         assert incoming is not None
+        kind = received.message.type if received.message is not None else "unreadable"
+        self.metrics.bytes_received.labels(type=kind).inc(received.nbytes)
         reply = self.core.handle(identity, incoming)
         if reply is not None:
-            self.server.reply(identity, reply.type, reply.body, reply.arrays)
+            sent = self.server.reply(identity, reply.type, reply.body, reply.arrays)
+            self.metrics.bytes_sent.labels(type=reply.type).inc(sent)
 
 
 def run_learner(config: Config) -> None:

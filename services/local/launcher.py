@@ -2,7 +2,9 @@
 127.0.0.1, all wiring in this one place.
 
 It writes the run directory (config.json, checkpoints/, eval.jsonl, logs/, summary.json),
-prints progress read from the learner's own /metrics and the evaluator's eval.jsonl, restarts
+prints progress read from the learner's own /metrics and the evaluator's eval.jsonl (and the
+address of the evaluator's page, which links every child's /metrics), writes the learner's
+TensorBoard scalars from the same scrapes with --tensorboard-dir, restarts
 a child that dies, and stops by itself at --max-frames, --duration or --target-score. On
 Ctrl-C or SIGTERM it stops workers and evaluator first, then the learner (which writes its
 final checkpoint).
@@ -32,11 +34,15 @@ from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import load_newest
 from common.config import Config, to_cli_args
 from common.samples import Samples, metrics_url, scrape
+from common.scalars import ScalarWriter, learner_scalars, open_writer
 
 STOP_TIMEOUT_S = 20.0
 MAX_RESTARTS = 5
 ROLES = ("learner", "worker", "evaluator")
 """In start order; `stop()` goes the other way, so the learner's final checkpoint comes last."""
+
+PAGE_WAIT_S = 30.0
+"""Longest `a3c run` waits for the evaluator's page before printing its address."""
 
 
 class ChildDied(RuntimeError):
@@ -184,6 +190,9 @@ class LocalCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self.eval_log = self.run_dir / "eval.jsonl"
+        self.tensorboard_dir = (
+            config.tensorboard_dir / self.run_dir.name if config.tensorboard_dir else None
+        )
         port = free_port(pair=True)
         self.learner_port = port
         common = {
@@ -212,6 +221,8 @@ class LocalCluster:
                 worker_id="evaluator",
                 eval_log=self.eval_log,
                 best_model_path=self.run_dir / "best.pt",
+                page_links=" ".join(f"{c.name}={c.metrics_url}" for c in self.children),
+                tensorboard_dir=self.tensorboard_dir,
             )
             if config.run_evaluator and "evaluator" in wanted
             else None
@@ -270,6 +281,13 @@ class LocalCluster:
     def metrics_url(self, role: str, index: int = 0) -> str:
         return self.process(role, index).metrics_url
 
+    @property
+    def page_url(self) -> str | None:
+        """The evaluator's page: latest and best games, learning curve, links."""
+        if self.evaluator is None:
+            return None
+        return f"http://127.0.0.1:{self.evaluator.metrics_port}/"
+
     def metrics(self, role: str, index: int = 0) -> Samples:
         """That child's /metrics now; empty if it does not answer."""
         return self.process(role, index).metrics()
@@ -284,6 +302,16 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _wait_for_page(self) -> None:
+        """Up to PAGE_WAIT_S for the evaluator's port to answer, so that the address printed
+        is one a browser can open at once (the page itself says when no game has ended)."""
+        assert self.evaluator is not None
+        deadline = time.monotonic() + PAGE_WAIT_S
+        while time.monotonic() < deadline and self.evaluator.alive():
+            if len(self.evaluator.metrics()):
+                return
+            time.sleep(0.2)
 
     def check_alive(self) -> None:
         """Raise ChildDied, with its last log lines, if any child has exited."""
@@ -309,11 +337,17 @@ class LocalCluster:
         print(
             f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True
         )
+        scalars = open_writer(self.tensorboard_dir, "learner")
         self.start()
+        if self.page_url is not None:
+            self._wait_for_page()
+            print(f"a3c run: watch it learn at {self.page_url}", flush=True)
+        if self.tensorboard_dir is not None:
+            print(f"a3c run: TensorBoard scalars in {self.tensorboard_dir}", flush=True)
         started = time.monotonic()
         stopped_by = "interrupt"
         last = (started, 0.0, 0.0)
-        metrics = Samples()
+        metrics = previous = Samples()
         frames = 0.0
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         # Started in the background by a non-interactive shell, SIGINT arrives ignored.
@@ -329,7 +363,8 @@ class LocalCluster:
                 evals = eval_summary(read_eval(self.eval_log), config.eval_window)
                 if now - last[0] >= config.progress_interval:
                     self._print_progress(now - started, frames, updates, metrics, evals, last)
-                    last = (now, frames, updates)
+                    _write_scalars(scalars, metrics, previous, now - last[0])
+                    last, previous = (now, frames, updates), metrics
                 if config.max_frames is not None and frames >= config.max_frames:
                     stopped_by = "max_frames"
                     break
@@ -350,6 +385,8 @@ class LocalCluster:
             signal.signal(signal.SIGINT, previous_int)
             wall = time.monotonic() - started
             self.stop()
+            if scalars is not None:
+                scalars.close()
         return self._summarise(stopped_by, wall, frames)
 
     def _print_progress(
@@ -435,6 +472,17 @@ class LocalCluster:
             flush=True,
         )
         return summary
+
+
+def _write_scalars(
+    writer: ScalarWriter | None, metrics: Samples, previous: Samples, seconds: float
+) -> None:
+    """The learner's TensorBoard scalars over one progress interval, at its training frames
+    (none for the first interval, whose counters may carry a resumed run's totals, nor for one
+    whose scrape failed)."""
+    if writer is not None and metrics and previous and metrics is not previous:
+        values = learner_scalars(metrics, previous, seconds)
+        writer.add(values, step=int(metrics.get("a3c_learner_env_frames_total")))
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:

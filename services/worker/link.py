@@ -38,6 +38,7 @@ from common.protocol import (
     HeartbeatBody,
     HelloBody,
     Message,
+    ProtocolError,
     Session,
     WeightsBody,
 )
@@ -50,7 +51,9 @@ MAX_BACKOFF_S = 10.0
 
 Clock = Callable[[], float]
 WeightsSink = Callable[[int, np.ndarray], None]
-"""Takes weights for this model from the learner: their version and the flat array."""
+"""Takes weights for this model from the learner: their version and the flat array, in the
+wire dtype the learner sent (its numpy dtype names it). Raises ProtocolError for weights that
+do not fit the model; the link counts and drops them."""
 
 
 class Liveness:
@@ -151,17 +154,19 @@ class LearnerLink:
             if reply is not None and reply.message is not None:
                 if reply.message.type == "welcome":
                     version = self._take_weights(reply.message)
-                    self._backoff = INITIAL_BACKOFF_S
-                    self.connected = True
-                    self.pulse.restart()
-                    log.info("welcomed by learner at version %s", version)
-                    return True
-                log.error("learner refused hello: %s", _detail(reply.message))
+                    if version is not None:
+                        self._backoff = INITIAL_BACKOFF_S
+                        self.connected = True
+                        self.pulse.restart()
+                        log.info("welcomed by learner at version %s", version)
+                        return True
+                else:
+                    log.error("learner refused hello: %s", _detail(reply.message))
             elif reply is not None and reply.error is not None:
-                log.error("unreadable reply from learner: %s", reply.error)
+                self._unreadable(reply.error)
             self.metrics.reconnects.inc()
             delay = self._backoff * random.uniform(0.5, 1.5)
-            log.warning("learner %s not answering; retrying in %.1fs", self.config.learner, delay)
+            log.warning("no welcome from learner %s; retrying in %.1fs", self.config.learner, delay)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
             stop.wait(delay)
             self.client.connect()
@@ -217,7 +222,8 @@ class LearnerLink:
             if reply is not None:
                 self.pulse.heard()
                 if reply.message is None:
-                    log.error("unreadable reply from learner: %s", reply.error)
+                    assert reply.error is not None
+                    self._unreadable(reply.error)
                 elif not self._on_reply(reply.message):
                     return self._lost("forgotten", "it no longer knows this worker")
                 continue
@@ -282,8 +288,17 @@ class LearnerLink:
         ):
             log.error("learner sent weights for another model; ignoring them")
             return None
-        self.on_weights(payload.model_version, message.arrays[0])
+        try:
+            self.on_weights(payload.model_version, message.arrays[0])
+        except ProtocolError as error:
+            self.metrics.replies_rejected.labels(reason=error.reason).inc()
+            log.error("refused the learner's weights (%s); keeping the model as it was", error)
+            return None
         return payload.model_version
+
+    def _unreadable(self, error: ProtocolError) -> None:
+        self.metrics.replies_rejected.labels(reason=error.reason).inc()
+        log.error("unreadable reply from learner: %s", error)
 
 
 def _detail(message: Message) -> str | None:

@@ -34,16 +34,31 @@ def test_every_benchmark_runs_briefly_and_writes_its_figures(tmp_path):
     assert "errors" not in result
     for key in HEADLINE:
         assert result[key] > 0, key
-    assert set(result["bytes_per_update"]) == {"float32", "float16"}
-    assert result["bytes_per_update"]["float16"] < result["bytes_per_update"]["float32"]
+    # Measured by the learner's byte counters, weights in every ack, by gradient and weights dtype.
+    sizes = result["bytes_per_update"]
+    assert set(sizes) == {
+        "float16 gradients, float32 weights", "float32 gradients, float32 weights",
+        "float16 gradients, float16 weights", "float16 gradients, bfloat16 weights",
+    }  # fmt: skip
+    default = sizes["float16 gradients, float32 weights"]
+    assert default < sizes["float32 gradients, float32 weights"]
+    assert sizes["float16 gradients, float16 weights"] < default
+    assert sizes["float16 gradients, bfloat16 weights"] < default
+    assert set(result["kb_per_frame"]) == set(sizes) and all(result["kb_per_frame"].values())
+    system = result["system_bytes_per_update"]
+    assert system["in"] > 0 and system["out"] > 0 and result["system_kb_per_frame"] > 0
     assert 0 <= result["staleness_p50"] <= result["staleness_p99"]
     assert set(result["worker_time_split"]) == {"env", "forward", "backward", "wire", "other"}
-    # The sweep at the default wire, then the variants: the other dtype, and weights every 4th.
+    # The sweep at the default wire, then the variants: the other dtype, weights every 4th,
+    # and each other weights dtype (a learner of its own).
     phases = [
-        (p["senders"], p["wire_dtype"], p["sync_interval"]) for p in result["learner_scaling"]
+        (p["senders"], p["wire_dtype"], p["sync_interval"], p["weights_dtype"])
+        for p in result["learner_scaling"]
     ]
     assert phases == [
-        (1, "float16", 1), (2, "float16", 1), (1, "float32", 1), (1, "float16", 4),
+        (1, "float16", 1, "float32"), (2, "float16", 1, "float32"),
+        (1, "float32", 1, "float32"), (1, "float16", 4, "float32"),
+        (1, "float16", 1, "float16"), (1, "float16", 1, "bfloat16"),
     ]  # fmt: skip
     assert result["learner_max_updates_per_s_at"]["wire_dtype"] in ("float16", "float32")
     assert result["learner_default_wire_max_updates_per_s"] > 0

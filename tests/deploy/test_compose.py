@@ -11,6 +11,7 @@ engine and builds the image first); skipped elsewhere.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import pytest
 import yaml
 
 from common.samples import Samples
-from tests.conftest import free_port, k8s_validate
+from tests.conftest import fetch, free_port, k8s_validate, latest_game
 from tests.conftest import wait_for as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,7 @@ COMPOSE_VARS = (
     "LEARNER_PUB_PORT",
     "PROMETHEUS_PORT",
     "GRAFANA_PORT",
+    "EVALUATOR_PORT",
     "WORKERS",
     "AUTH_KEY_FILE",
     "COMPOSE_FILE",
@@ -81,10 +83,14 @@ def say(line: str) -> None:
 class Stack:
     """One compose project: compose commands, PromQL, and each service's own /metrics."""
 
-    def __init__(self, project: str, env_file: Path, prometheus_port: int) -> None:
+    def __init__(
+        self, project: str, env_file: Path, prometheus_port: int, evaluator_port: int
+    ) -> None:
         self.project = project
         self.env_file = env_file
         self.prometheus = f"http://127.0.0.1:{prometheus_port}"
+        self.page = f"http://127.0.0.1:{evaluator_port}"
+        """The evaluator's page (and metrics) on its host port, EVALUATOR_PORT."""
         self.env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS}
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
@@ -169,14 +175,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     key = tmp / "auth_key"
     key.write_text(os.urandom(24).hex() + "\n")
     key.chmod(0o444)  # bind-mounted as is: the image's user (10001) must read it
-    ports = {name: free_port() for name in ("LEARNER_PORT", "LEARNER_PUB_PORT", "PROMETHEUS_PORT")}
+    published = ("LEARNER_PORT", "LEARNER_PUB_PORT", "PROMETHEUS_PORT", "EVALUATOR_PORT")
+    ports = {name: free_port() for name in published}
     env_file = tmp / "compose.env"
     env_file.write_text(
         "".join(f"{k}={v}\n" for k, v in ports.items())
         + f"IMAGE={IMAGE}\n"
         + f"AUTH_KEY_FILE={key}\n"
     )
-    s = Stack(f"a3c-test-{os.getpid()}", env_file, ports["PROMETHEUS_PORT"])
+    s = Stack(
+        f"a3c-test-{os.getpid()}", env_file, ports["PROMETHEUS_PORT"], ports["EVALUATOR_PORT"]
+    )
     started = time.monotonic()
     try:
         s.compose("up", "-d", "--no-build", "--scale", f"worker={WORKERS}")
@@ -259,6 +268,21 @@ def test_the_evaluator_scores_games(stack: Stack) -> None:
     score = stack.scalar("a3c_evaluator_score_mean")
     assert score is not None
     say(f"evaluator scored {episodes:.0f} games, mean score {score:.2f}")
+
+
+def test_the_evaluator_serves_its_page_and_games_on_the_host(stack: Stack) -> None:
+    from PIL import Image
+
+    info = wait_for(
+        lambda: json.loads(fetch(f"{stack.page}/game/latest.json")), 180, "a game on the page"
+    )
+    page = fetch(f"{stack.page}/").decode()
+    assert "watch it learn" in page and 'id="version"' in page
+    if info["gif_frames"]:  # Atari; classic-control envs draw no frames without pygame
+        info, gif = wait_for(lambda: latest_game(stack.page), 60, "the latest game's GIF")
+        with Image.open(io.BytesIO(gif)) as image:
+            assert image.n_frames == info["gif_frames"] > 0
+    say(f"page at {stack.page}: game {info['game']}, score {info['score']}, v{info['version']}")
 
 
 def test_prometheus_scrapes_every_target(stack: Stack) -> None:

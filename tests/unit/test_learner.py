@@ -25,8 +25,9 @@ class FakeSocket:
     def recv(self, _timeout_ms: int) -> None:
         return None
 
-    def publish(self, msg_type: str, *_args: object) -> None:
+    def publish(self, msg_type: str, *_args: object) -> int:
         self.sent.append(msg_type)
+        return 0
 
     def close(self) -> None:
         self.closed = True

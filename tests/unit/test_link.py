@@ -1,6 +1,7 @@
 """The worker's side of the heartbeats without a socket or a wait: `Liveness` on a fake clock,
 and `LearnerLink` over a fake learner whose receive lets fake time pass instead of sleeping.
-Replies are real messages, encoded by a learner's Session and decoded by the worker's."""
+Replies are real messages, encoded by a learner's Session and decoded by the worker's; weights
+that do not fit the worker's model are refused and counted."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections import deque
 from collections.abc import Callable
 
 import gymnasium as gym
+import msgpack
 import numpy as np
 import pytest
+import torch
 
 from common.config import load_config
 from common.metrics import LOST_REASONS, worker_metrics
@@ -21,10 +24,12 @@ from common.protocol import (
     ErrorBody,
     GradientBody,
     HeartbeatBody,
+    ProtocolError,
     Session,
     WeightsBody,
 )
 from common.transport import Received
+from common.weights import load_parameter_vector
 from services.worker.link import LearnerLink, Liveness
 from services.worker.worker import Heartbeats
 
@@ -315,3 +320,66 @@ def test_the_env_wrapper_offers_a_heartbeat_before_every_step():
         envs.step(np.zeros(2, np.int64))
     assert len(calls) == 3
     envs.close()
+
+
+# --- weights that do not fit ------------------------------------------------------------------
+
+
+def strict_link(answer: Answer, loaded: list) -> tuple[LearnerLink, FakeLearner, Clock]:
+    """A link whose sink loads weights as the worker does: into a float32 model of WEIGHTS'
+    size, refusing what does not fit it."""
+    model = torch.nn.Linear(3, 1)  # 4 parameters, as WEIGHTS
+    link, learner, clock = unconnected_link(answer)
+
+    def load(version: int, weights: np.ndarray) -> None:
+        load_parameter_vector(model, weights)
+        loaded.append((version, weights.dtype))
+
+    link.on_weights = load
+    return link, learner, clock
+
+
+def replies_rejected(link: LearnerLink, reason: str) -> float | None:
+    return link.metrics.registry.get_sample_value(
+        "a3c_worker_replies_rejected_total", {"reason": reason}
+    )
+
+
+def test_a_welcome_with_weights_of_another_size_is_refused_counted_and_retried():
+    body = WeightsBody(model_version=0, frames=0, layout=LAYOUT, env="CartPole-v1")
+    wrong = ("welcome", body, (("float16", np.zeros(5, np.float16)),))
+    answers = iter([wrong, welcome()])
+    loaded: list = []
+    link, learner, _ = strict_link(lambda msg_type, body: next(answers), loaded)
+    assert link.connect(threading.Event())
+    assert replies_rejected(link, "shape") == 1
+    assert learner.types() == ["hello", "hello"], "refused weights are no welcome"
+    assert loaded == [(0, np.dtype(np.float32))]
+
+
+def test_weights_in_float16_and_bfloat16_are_taken_as_their_dtype_says():
+    loaded: list = []
+    link, learner, _ = strict_link(live, loaded)
+    assert link.connect(threading.Event())
+    for dtype, array in (
+        ("float16", np.ones(4, np.float16)),
+        ("bfloat16", np.full(4, 0x3F80, np.uint16)),  # 1.0 in bfloat16
+    ):
+        reply = ("ack", AckBody(accepted=True, model_version=2, layout=LAYOUT), ((dtype, array),))
+        learner.answer = lambda msg_type, body, r=reply: r
+        assert link.send_gradient(gradient(), "float32", WEIGHTS)
+    assert [dtype for _, dtype in loaded[1:]] == [np.dtype(np.float16), np.dtype(np.uint16)]
+    assert sum(replies_rejected(link, r) or 0 for r in ("dtype", "shape", "decode")) == 0
+
+
+def test_an_unreadable_ack_is_counted_with_its_reason():
+    link, learner, _ = make_link(live)
+    ack = AckBody(accepted=True, model_version=1)
+    frames = [bytes(f) for f in learner.learner.encode("ack", ack)]
+    header = {**msgpack.unpackb(frames[0]), "arrays": [["float8", [4]]]}
+    broken = [msgpack.packb(header), b"", bytes(4)]
+    with pytest.raises(ProtocolError) as refused:
+        learner.worker.decode(broken)
+    learner.inbox.append(Received(None, None, refused.value))
+    link._await_replies(block=False)
+    assert replies_rejected(link, "dtype") == 1
