@@ -52,18 +52,17 @@ class Config(BaseSettings):
 
     # --- Algorithm (worker side) ------------------------------------------------------------
     n_steps: int = Field(5, ge=1, le=1000)
-    """Rollout length per update; the LSTM state is carried across rollouts. 5 (with 16 envs:
-    one gradient per 320 agent frames, 4x as many optimizer steps per frame as 16 x 20):
-    CartPole-v1 solved by 500k frames on seeds 1 and 2 (500.0 and 500.0) where 16 x 20
-    steps left it at 324.6 and 367.7; on Breakout it costs about 15% of frames/s (4,900 vs
-    5,700 here) for the extra syncs (docs/learning.md)."""
-    num_envs: int = Field(16, ge=1, le=256)
-    """Environments per worker, stepped as one batch through the model. 16 by default: a
-    batch-16 forward/backward costs about a quarter of 16 batch-1 passes, so 2 workers play
-    ~2x the frames/s of the classic batch-1 Hogwild on the same cores (`make bench`), and on
-    Breakout learning per frame matched the batch-1 run it continued (models/README.md).
-    Each env keeps its own LSTM state; the gradient is the loss averaged over envs. 1 is
-    the classic A3C worker."""
+    """Rollout length per update; the LSTM state is carried across rollouts. 5: with 16 envs,
+    CartPole-v1 was solved by 500k frames on seeds 1 and 2 (500.0 and 500.0) where 20 steps
+    left it at 324.6 and 367.7 (docs/learning.md)."""
+    num_envs: int = Field(4, ge=1, le=256)
+    """Environments per worker, stepped as one batch through the model; each keeps its own
+    LSTM state, and the gradient is the loss averaged over them. 4 by default (with 5 steps:
+    one gradient per 80 agent frames, as the classic batch-1 worker with 20 steps): on
+    Breakout it learned more per frame than 16 envs on both training seeds (6.0 against 4.2
+    at 5M frames; 10.5 at 10M; docs/learning.md), because it takes 4x the optimizer steps
+    per frame. 16 plays about 2x the frames/s on the same cores (smaller batches cost more
+    per frame), so choose 16 for throughput; 1 is the classic A3C worker."""
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     gae_lambda: float = Field(1.0, ge=0.0, le=1.0)
     """GAE lambda; 1.0 gives the classic n-step return advantage."""
@@ -89,9 +88,9 @@ class Config(BaseSettings):
 
     # --- Learner ------------------------------------------------------------------------
     lr: float = Field(3e-4, gt=0.0, lt=1.0)
-    """Adam learning rate of the one shared optimizer. 3e-4 goes with the default 16 envs per
-    gradient (less noisy than one env's, so it takes a larger step); the classic batch-1
-    A3C used 1e-4."""
+    """Adam learning rate of the one shared optimizer. 3e-4 goes with the default 4 envs per
+    gradient (less noisy than one env's; 1e-3 with 16 envs was no better at 2.5M frames);
+    the classic batch-1 A3C used 1e-4."""
     host: str = "127.0.0.1"
     """Learner bind address; 0.0.0.0 inside containers."""
     port: int = Field(5555, ge=1, le=65534)

