@@ -277,7 +277,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
             if name not in SET_BY_LAUNCHER
         )
     ),
-    "learner": _LEARNER + _SERVICE,
+    "learner": (*_LEARNER, "tensorboard_dir", *_SERVICE),
     "worker": _WORKER + _SERVICE,
     "evaluator": _EVALUATOR + _WATCH + _SERVICE,
     "evaluate": (*_PLAY, "episodes"),

@@ -1,9 +1,9 @@
 """TensorBoard scalars, optional (the `tensorboard` extra): the names RL users look for, and
 the learner's scalars as two scrapes of its /metrics give them.
 
-The learner writes nothing itself: `a3c run` turns each progress scrape of the learner's
-/metrics into scalars, so training pays nothing for them and Prometheus and TensorBoard show
-the same numbers. The evaluator writes its scores as each game ends. Each writer has its own
+The learner reads its own metrics registry every LEARNER_INTERVAL_S (`LearnerScalars`), so
+Prometheus and TensorBoard show the same numbers, whether it runs under `a3c run`, compose or
+Kubernetes. The evaluator writes its scores as each game ends. Each writer has its own
 directory, DIR/<run>/<role>, so `tensorboard --logdir DIR` lays runs side by side. Every
 scalar's step is the training frames, the x axis RL results are compared on.
 """
@@ -11,7 +11,7 @@ scalar's step is the training frames, the x axis RL results are compared on.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from common.errors import UsageError
 from common.metrics import LOSS_STATS
 from common.samples import Samples
 
+LEARNER_INTERVAL_S = 10.0
+"""Seconds between two of the learner's TensorBoard points (rates are over this window)."""
 FLUSH_SECONDS = 10
 """How stale an open TensorBoard may be: the writer flushes at least this often."""
 
@@ -98,6 +100,29 @@ def learner_scalars(now: Samples, before: Samples, seconds: float) -> dict[str, 
         ),
         "charts/train_episode_return": gauge("a3c_learner_train_episode_return"),
     }
+
+
+class LearnerScalars:
+    """The learner's scalars every `interval` seconds, from two readings of its own metrics
+    (`read`). The first reading only sets the baseline, so a resumed run's totals are never
+    written as one window's rate."""
+
+    def __init__(self, writer: ScalarWriter, read: Callable[[], Samples], interval: float) -> None:
+        self.writer, self.read, self.interval = writer, read, interval
+        self._last: tuple[float, Samples] | None = None
+
+    def tick(self, now: float) -> None:
+        if self._last is not None and now - self._last[0] < self.interval:
+            return
+        samples = self.read()
+        if self._last is not None:
+            then, before = self._last
+            values = learner_scalars(samples, before, now - then)
+            self.writer.add(values, step=int(samples.get("a3c_learner_env_frames_total")))
+        self._last = (now, samples)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def evaluator_scalars(

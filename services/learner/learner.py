@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prometheus_client import generate_latest
 
 from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import (
@@ -31,6 +32,8 @@ from common.errors import CheckpointError, CheckpointMismatchError
 from common.metrics import Health, LearnerMetrics, learner_metrics
 from common.model import ActorCritic
 from common.protocol import REQUEST_TYPES, Session
+from common.samples import Samples
+from common.scalars import LEARNER_INTERVAL_S, LearnerScalars, open_writer
 from common.transport import Publisher, Received, RouterServer
 from common.weights import FlatParameters
 from services.learner.core import LearnerCore, LogLimiter
@@ -54,6 +57,12 @@ class Learner:
         self._last_checkpoint = time.monotonic()
         # Before binding: a checkpoint for another model stops the start with the ports free.
         self._resume()
+        writer = open_writer(config.tensorboard_dir, "learner")
+        self.scalars = (
+            None
+            if writer is None
+            else LearnerScalars(writer, self._own_metrics, LEARNER_INTERVAL_S)
+        )
         self.session = Session(
             "learner", config.shared_key(), config.max_message_bytes, accepts=REQUEST_TYPES
         )
@@ -194,11 +203,19 @@ class Learner:
             self.checkpoint()
             self.server.close()
             self.publisher.close()
+            if self.scalars is not None:
+                self.scalars.close()
+
+    def _own_metrics(self) -> Samples:
+        return Samples.parse(generate_latest(self.metrics.registry).decode())
 
     def tick(self) -> None:
-        """Housekeeping between messages: forget silent workers, publish, checkpoint."""
+        """Housekeeping between messages: forget silent workers, publish, checkpoint, and the
+        TensorBoard scalars where asked for."""
         self.core.forget_silent()
         now = time.monotonic()
+        if self.scalars is not None:
+            self.scalars.tick(now)
         if now - self._last_publish >= self.config.publish_interval:
             sent = self.publisher.publish(
                 "weights", self.core.weights_body(), self.core.weights_arrays()

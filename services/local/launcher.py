@@ -3,8 +3,8 @@
 
 It writes the run directory (config.json, checkpoints/, eval.jsonl, logs/, summary.json),
 prints progress read from the learner's own /metrics and the evaluator's eval.jsonl (and the
-address of the evaluator's page, which links every child's /metrics), writes the learner's
-TensorBoard scalars from the same scrapes with --tensorboard-dir, restarts
+address of the evaluator's page, which links every child's /metrics), hands learner and
+evaluator a TensorBoard directory of this run's own with --tensorboard-dir, restarts
 a child that dies, and stops by itself at --max-frames, --duration or --target-score. On
 Ctrl-C or SIGTERM it stops workers and evaluator first, then the learner (which writes its
 final checkpoint).
@@ -34,7 +34,6 @@ from common.a3c import ALGORITHM_VERSION
 from common.checkpoint import load_newest
 from common.config import Config, to_cli_args
 from common.samples import Samples, metrics_url, scrape
-from common.scalars import ScalarWriter, learner_scalars, open_writer
 
 STOP_TIMEOUT_S = 20.0
 MAX_RESTARTS = 5
@@ -204,7 +203,11 @@ class LocalCluster:
         }
         self.children: list[Child] = []
         self.learner = self._child(
-            "learner", "learner", common, checkpoint_dir=self.run_dir / "checkpoints"
+            "learner",
+            "learner",
+            common,
+            checkpoint_dir=self.run_dir / "checkpoints",
+            tensorboard_dir=self.tensorboard_dir,
         )
         for i in range(config.workers if "worker" in wanted else 0):
             self._child(
@@ -337,7 +340,6 @@ class LocalCluster:
         print(
             f"a3c run: {config.env}, {config.workers} workers, run dir {self.run_dir}", flush=True
         )
-        scalars = open_writer(self.tensorboard_dir, "learner")
         self.start()
         if self.page_url is not None:
             self._wait_for_page()
@@ -347,7 +349,7 @@ class LocalCluster:
         started = time.monotonic()
         stopped_by = "interrupt"
         last = (started, 0.0, 0.0)
-        metrics = previous = Samples()
+        metrics = Samples()
         frames = 0.0
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         # Started in the background by a non-interactive shell, SIGINT arrives ignored.
@@ -363,8 +365,7 @@ class LocalCluster:
                 evals = eval_summary(read_eval(self.eval_log), config.eval_window)
                 if now - last[0] >= config.progress_interval:
                     self._print_progress(now - started, frames, updates, metrics, evals, last)
-                    _write_scalars(scalars, metrics, previous, now - last[0])
-                    last, previous = (now, frames, updates), metrics
+                    last = (now, frames, updates)
                 if config.max_frames is not None and frames >= config.max_frames:
                     stopped_by = "max_frames"
                     break
@@ -385,8 +386,6 @@ class LocalCluster:
             signal.signal(signal.SIGINT, previous_int)
             wall = time.monotonic() - started
             self.stop()
-            if scalars is not None:
-                scalars.close()
         return self._summarise(stopped_by, wall, frames)
 
     def _print_progress(
@@ -472,17 +471,6 @@ class LocalCluster:
             flush=True,
         )
         return summary
-
-
-def _write_scalars(
-    writer: ScalarWriter | None, metrics: Samples, previous: Samples, seconds: float
-) -> None:
-    """The learner's TensorBoard scalars over one progress interval, at its training frames
-    (none for the first interval, whose counters may carry a resumed run's totals, nor for one
-    whose scrape failed)."""
-    if writer is not None and metrics and previous and metrics is not previous:
-        values = learner_scalars(metrics, previous, seconds)
-        writer.add(values, step=int(metrics.get("a3c_learner_env_frames_total")))
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:

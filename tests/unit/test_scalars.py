@@ -8,6 +8,7 @@ from common.samples import Samples
 from common.scalars import (
     EVALUATOR_TAGS,
     LEARNER_TAGS,
+    LearnerScalars,
     evaluator_scalars,
     learner_scalars,
     open_writer,
@@ -36,6 +37,29 @@ def test_learner_scalars_are_rates_and_means_over_the_window():
     assert values["charts/staleness"] == 2.0 and values["charts/gradients_rejected_per_s"] == 1
     assert values["losses/entropy"] == pytest.approx(1.3)
     assert values["charts/model_version"] == 10
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.points = []
+
+    def add(self, values, step, wall_time=None):
+        self.points.append((step, values))
+
+
+def test_the_learner_writes_a_point_per_interval_and_none_for_its_resumed_totals():
+    metrics = learner_metrics()
+    metrics.env_frames.inc(1_000_000)  # a resumed run's totals, before the first reading
+    writer = RecordingWriter()
+    scalars = LearnerScalars(writer, lambda: scrape(metrics), interval=10.0)
+    scalars.tick(now=100.0)
+    metrics.env_frames.inc(800)
+    scalars.tick(now=105.0)  # inside the interval: nothing read, nothing written
+    assert writer.points == []
+    metrics.env_frames.inc(200)
+    scalars.tick(now=110.0)
+    [(step, values)] = writer.points
+    assert step == 1_001_000 and values["charts/frames_per_s"] == 100.0
 
 
 def test_no_staleness_before_the_first_gradient():
