@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -350,8 +351,6 @@ class Reply:
 Routes = Mapping[str, Callable[[], Reply]]
 """Extra paths a service serves beside /metrics and /healthz (the evaluator's page)."""
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-
 
 def metrics_app(registry: CollectorRegistry, health: Health, routes: Routes | None = None) -> Any:
     """The WSGI app of a metrics port: /healthz, `routes`, and /metrics for anything else
@@ -375,7 +374,7 @@ def metrics_app(registry: CollectorRegistry, health: Health, routes: Routes | No
                 ("Content-Length", str(len(reply.body))),
                 ("Cache-Control", "no-store"),
             ]
-            start_response(f"{reply.status} {_REASONS.get(reply.status, 'Error')}", headers)
+            start_response(f"{reply.status} {HTTPStatus(reply.status).phrase}", headers)
             return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else reply.body]
         return prometheus_app(environ, start_response)
 
