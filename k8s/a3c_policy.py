@@ -20,6 +20,21 @@ A3C_NAME = "a3c-breakout"
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 HEALTH_PATHS = ("/healthz", "/readyz", "/health")
 MIN_LEARNER_GRACE_S = 60
+SECRET_PATHS = (
+    "A3C_AUTH_KEY_FILE",
+    "A3C_CURVE_KEY_FILE",
+    "A3C_CURVE_SERVER_KEY_FILE",
+    "A3C_CURVE_CLIENTS_DIR",
+)
+"""Settings that name a file (or, the clients, a directory) in a mounted Secret: they exist
+only in the pod, so the config loader is not run on them here; _check_secret_paths is."""
+CURVE_BY_ROLE = {
+    "learner": ("A3C_CURVE_KEY_FILE", "A3C_CURVE_CLIENTS_DIR"),
+    "worker": ("A3C_CURVE_KEY_FILE", "A3C_CURVE_SERVER_KEY_FILE"),
+    "evaluator": ("A3C_CURVE_KEY_FILE", "A3C_CURVE_SERVER_KEY_FILE"),
+}
+"""The CurveZMQ settings each role needs (every connection to the learner is encrypted and
+only admitted clients get in)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,7 @@ def config_problems(where: str, env: dict[str, str]) -> list[str]:
     settings = {
         k: v
         for k, v in settings.items()
-        if k[4:].lower() in Config.model_fields and k != "A3C_AUTH_KEY_FILE"
+        if k[4:].lower() in Config.model_fields and k not in SECRET_PATHS
     }
     with mock.patch.dict(os.environ, settings, clear=True):
         try:
@@ -127,21 +142,57 @@ def _check_a3c_container(r: Resources, pod: Pod, c: Doc, env: dict[str, str]) ->
             f"{pod.name}: needs prometheus.io/scrape: 'true' and prometheus.io/port: "
             f"'{metrics_port}' annotations so Prometheus finds it"
         )
-    key_file = env.get("A3C_AUTH_KEY_FILE")
-    mount = _mount_for(c, key_file) if key_file else None
+    needed = ("A3C_AUTH_KEY_FILE", *CURVE_BY_ROLE.get(component(pod) or "", ()))
+    for setting in needed:
+        problems += _check_secret_path(r, pod, c, env, setting)
+    return problems
+
+
+def _secret_keys_under(volume: Doc, relative: str) -> list[str] | None:
+    """The Secret keys a mounted Secret volume shows at `relative` (a file: one key; a
+    directory: every key projected below it); None when the Secret decides (no items)."""
+    items = volume["secret"].get("items")
+    if items is None:
+        return None
+    return [
+        item["key"]
+        for item in items
+        if item["path"] == relative or item["path"].startswith(relative.rstrip("/") + "/")
+    ]
+
+
+def _check_secret_path(
+    r: Resources, pod: Pod, c: Doc, env: dict[str, str], setting: str
+) -> list[str]:
+    """`setting` must name a path in a mounted Secret, and the Secret (where it is rendered)
+    must hold what the path shows."""
+    where = f"{pod.name}: container {c['name']}"
+    path = env.get(setting)
+    mount = _mount_for(c, path) if path else None
     volume: Doc = next(
         (v for v in pod.spec.get("volumes", []) if mount and v["name"] == mount["name"]), {}
     )
-    if not key_file or "secret" not in volume:
-        problems.append(
-            f"{where}: A3C_AUTH_KEY_FILE must name a file in a mounted Secret "
-            "(messages are signed with the shared key)"
-        )
-    elif secret := r.get("Secret", volume["secret"]["secretName"]):
-        key = PurePosixPath(key_file).name
-        if key not in {**secret.get("data", {}), **secret.get("stringData", {})}:
-            problems.append(f"{where}: Secret {secret['metadata']['name']} has no key {key}")
-    return problems
+    if not path or mount is None or "secret" not in volume:
+        what = "a directory" if setting.endswith("_DIR") else "a file"
+        why = "messages are signed" if setting == "A3C_AUTH_KEY_FILE" else "CurveZMQ is on"
+        return [f"{where}: {setting} must name {what} in a mounted Secret ({why})"]
+    relative = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+    keys = _secret_keys_under(volume, relative)
+    if keys is None:
+        keys = [relative]
+    secret = r.get("Secret", volume["secret"]["secretName"])
+    if not keys:
+        return [
+            f"{where}: {setting} {path} is not among the items of Secret volume {volume['name']}"
+        ]
+    if secret is None:
+        return []  # created out of band (prod)
+    held = {**secret.get("data", {}), **secret.get("stringData", {})}
+    return [
+        f"{where}: Secret {secret['metadata']['name']} has no key {key} ({setting})"
+        for key in keys
+        if key not in held
+    ]
 
 
 def _check_learner(r: Resources, learner: Pod, c: Doc, env: dict[str, str]) -> list[str]:
@@ -287,5 +338,166 @@ def unknown_metric_problems(queries: dict[str, str]) -> list[str]:
     return problems
 
 
+# --- Network policies ------------------------------------------------------------------------
+
+
+def _matches(selector: Doc | None, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and matchExpressions); {} selects every pod."""
+    if selector is None:
+        return False
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = (
+            expression["key"],
+            expression["operator"],
+            expression.get("values", []),
+        )
+        present = key in labels
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and present and labels[key] in values)
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+def _port_allowed(ports: list[Doc] | None, destination: Pod, port: int) -> bool:
+    """Whether a rule's ports admit TCP `port` of `destination` (names resolve on it)."""
+    if not ports:
+        return True
+    named = pod_ports(destination)
+    for entry in ports:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        wanted = entry.get("port")
+        if wanted is None or wanted == port or named.get(str(wanted)) == port:
+            return True
+    return False
+
+
+def _peer_allowed(peers: list[Doc] | None, other: Pod | None) -> bool:
+    """Whether a rule's from/to admits `other`: a pod of this namespace, or (None) a pod of
+    any other namespace with any labels, which only a peer open to every namespace (or an
+    ipBlock, which may be any address) admits."""
+    if not peers:
+        return True
+    for peer in peers:
+        if other is None:
+            if "ipBlock" in peer or (
+                peer.get("namespaceSelector") == {} and not peer.get("podSelector")
+            ):
+                return True
+        elif (
+            "namespaceSelector" not in peer
+            and "ipBlock" not in peer
+            and _matches(peer.get("podSelector"), other.labels)
+        ):
+            return True
+    return False
+
+
+def _direction_allowed(
+    r: Resources, pod: Pod, direction: str, other: Pod | None, destination: Pod, port: int
+) -> bool:
+    """Ingress to (or egress from) `pod`: open while no policy isolates it in that direction,
+    then only what some rule of a policy that selects it admits."""
+    rules_key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    isolating = [
+        policy["spec"]
+        for policy in r.of_kind("NetworkPolicy")
+        if _matches(policy["spec"].get("podSelector"), pod.labels)
+        and direction in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not isolating:
+        return True
+    return any(
+        _peer_allowed(rule.get(peers_key), other)
+        and _port_allowed(rule.get("ports"), destination, port)
+        for spec in isolating
+        for rule in spec.get(rules_key, [])
+    )
+
+
+def connection_allowed(r: Resources, source: Pod | None, destination: Pod, port: int) -> bool:
+    """Whether the rendered NetworkPolicies let `source` open a TCP connection to `port` of
+    `destination`: both ends must allow it. `source` None is a pod of another namespace,
+    whose egress these policies do not govern."""
+    if source is not None and not _direction_allowed(
+        r, source, "Egress", destination, destination, port
+    ):
+        return False
+    return _direction_allowed(r, destination, "Ingress", source, destination, port)
+
+
+NETWORK_RULES = (
+    # (source, destination, port name on the destination, whether it must be open)
+    ("worker", "learner", "gradients", True),
+    ("evaluator", "learner", "weights", True),
+    ("prometheus", "learner", "metrics", True),
+    ("prometheus", "worker", "metrics", True),
+    ("prometheus", "evaluator", "metrics", True),
+    ("grafana", "prometheus", "http", True),
+    ("worker", "learner", "weights", False),
+    ("evaluator", "learner", "gradients", False),
+    ("worker", "learner", "metrics", False),
+    ("worker", "evaluator", "metrics", False),
+    ("evaluator", "worker", "metrics", False),
+    ("grafana", "learner", "gradients", False),
+    ("grafana", "learner", "metrics", False),
+    ("prometheus", "learner", "gradients", False),
+    ("worker", "prometheus", "http", False),
+    ("stranger", "learner", "gradients", False),
+    ("stranger", "learner", "weights", False),
+    ("stranger", "learner", "metrics", False),
+    ("stranger", "prometheus", "http", False),
+)
+"""Who must reach whom, and who must not. A `stranger` is a pod of another namespace (another
+tenant of the cluster): only the destination's ingress rules can keep it out."""
+
+
+def _role(pod: Pod) -> str | None:
+    return component(pod) or pod.labels.get(NAME)
+
+
+def check_network(r: Resources) -> list[str]:
+    """With NetworkPolicies rendered: a default deny for every pod in both directions, and
+    exactly the connections of NETWORK_RULES open (a kustomization without policies is not
+    checked: the network is then open by Kubernetes' default)."""
+    policies = r.of_kind("NetworkPolicy")
+    if not policies:
+        return []
+    problems = []
+    if not any(
+        p["spec"].get("podSelector") == {}
+        and set(p["spec"].get("policyTypes", [])) >= {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        problems.append(
+            "NetworkPolicy: no default deny (podSelector {}, Ingress and Egress, no rules)"
+        )
+    roles: dict[str, Pod | None] = {role: pod for pod in r.pods if (role := _role(pod))}
+    roles["stranger"] = None
+    for source, destination, port_name, must_be_open in NETWORK_RULES:
+        target = roles.get(destination)
+        if source not in roles or target is None:
+            continue
+        port = pod_ports(target).get(port_name)
+        if port is None:
+            problems.append(f"{target.name}: no port named {port_name} for NetworkPolicy checks")
+            continue
+        is_open = connection_allowed(r, roles[source], target, port)
+        if is_open != must_be_open:
+            state = "blocked" if must_be_open else "open"
+            problems.append(
+                f"NetworkPolicy: {source} -> {destination}:{port_name} ({port}) is {state}"
+            )
+    return problems
+
+
 def check(r: Resources, sources: MonitoringSources) -> list[str]:
-    return check_a3c(r) + check_monitoring(r, sources)
+    return check_a3c(r) + check_monitoring(r, sources) + check_network(r)

@@ -177,3 +177,71 @@ def test_promtool_catches_bad_promql(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(validate, "DASHBOARD", broken)
     problems = validate.promtool_problems(validate.find_promtool())
     assert len(problems) == 1 and "dashboard-queries.yml" in problems[0]
+
+
+def _pod(docs: list[dict[str, Any]], role: str) -> Any:
+    resources = k8s_policy.Resources(docs)
+    return next(pod for pod in resources.pods if policy._role(pod) == role)
+
+
+@pytest.mark.parametrize("name", ["base", "prod-operator"])
+def test_network_is_closed_but_for_the_services_own_connections(rendered: dict, name: str) -> None:
+    docs = rendered[name]
+    resources = k8s_policy.Resources(docs)
+    learner, worker = _pod(docs, "learner"), _pod(docs, "worker")
+    evaluator, prometheus = _pod(docs, "evaluator"), _pod(docs, "prometheus")
+    assert policy.check_network(resources) == []
+    assert policy.connection_allowed(resources, worker, learner, 5555)
+    assert policy.connection_allowed(resources, evaluator, learner, 5556)
+    assert policy.connection_allowed(resources, prometheus, worker, 9100)
+    assert not policy.connection_allowed(resources, worker, learner, 5556)
+    assert not policy.connection_allowed(resources, worker, evaluator, 9100)
+    assert not policy.connection_allowed(resources, None, learner, 5555)
+
+
+def test_operator_prometheus_namespace_is_admitted_to_metrics_only(rendered: dict) -> None:
+    operator = _get(rendered["prod-operator"], "NetworkPolicy", "a3c-metrics-operator")
+    (rule,) = operator["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["metrics"]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"]
+    assert not any(
+        d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "a3c-metrics-operator"
+        for d in rendered["prod"]
+    )
+
+
+def test_network_policy_mistakes_are_caught(rendered: dict) -> None:
+    docs = [d for d in rendered["base"] if d["metadata"]["name"] != "default-deny"]
+    problems = policy.check_network(k8s_policy.Resources(docs))
+    assert any("no default deny" in p for p in problems)
+    opened = json.loads(json.dumps(rendered["base"]))
+    del _get(opened, "NetworkPolicy", "a3c-learner")["spec"]["ingress"][0]["from"]
+    problems = policy.check_network(k8s_policy.Resources(opened))
+    assert problems == ["NetworkPolicy: stranger -> learner:gradients (5555) is open"]
+    closed = json.loads(json.dumps(rendered["base"]))
+    _get(closed, "NetworkPolicy", "a3c-metrics")["spec"]["ingress"] = []
+    problems = policy.check_network(k8s_policy.Resources(closed))
+    assert "NetworkPolicy: prometheus -> worker:metrics (9100) is blocked" in problems
+
+
+def test_curve_certificates_must_come_from_the_mounted_secret(rendered: dict) -> None:
+    docs = json.loads(json.dumps(rendered["dev"]))
+    assert policy.check_a3c(k8s_policy.Resources(docs)) == []
+    worker = _get(docs, "Deployment", "a3c-worker")["spec"]["template"]["spec"]
+    env = worker["containers"][0]["env"]
+    worker["containers"][0]["env"] = [e for e in env if e["name"] != "A3C_CURVE_SERVER_KEY_FILE"]
+    learner = _get(docs, "StatefulSet", "a3c-learner")["spec"]["template"]["spec"]
+    curve = next(v for v in learner["volumes"] if v["name"] == "curve")
+    curve["secret"]["items"] = [
+        i for i in curve["secret"]["items"] if i["key"] != "client-worker.key"
+    ]
+    secret = next(
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("a3c-curve")
+    )
+    del secret["data"]["evaluator.key_secret"]
+    problems = policy.check_a3c(k8s_policy.Resources(docs))
+    assert any(
+        "A3C_CURVE_SERVER_KEY_FILE must name a file in a mounted Secret" in p for p in problems
+    )
+    assert any("has no key evaluator.key_secret" in p for p in problems)
+    assert len(problems) == 2, problems  # clients/ keeps the evaluator's key: still a directory
