@@ -74,6 +74,7 @@ class LearnerMetrics:
     bytes_received: Counter
     bytes_sent: Counter
     workers_forgotten: Counter
+    handshakes_refused: Counter
 
 
 def predeclared(
@@ -127,8 +128,18 @@ def learner_metrics() -> LearnerMetrics:
         CHECKPOINT_STAGES,
         r,
     )
+    handshakes_refused = predeclared(
+        Counter,
+        "a3c_learner_handshakes_refused",
+        "Connections refused by CurveZMQ before any message (a peer without CURVE or with a "
+        "key the learner does not admit), by socket: gradients (ROUTER) or weights (PUB)",
+        "socket",
+        ("gradients", "weights"),
+        r,
+    )
     return LearnerMetrics(
         registry=r,
+        handshakes_refused=handshakes_refused,
         updates=Counter("a3c_learner_updates", "Gradients applied", registry=r),
         model_version=Gauge("a3c_learner_model_version", "Global model version", registry=r),
         rejected=rejected,

@@ -8,6 +8,7 @@
     a3c record     a GIF of one game played by a checkpoint
     a3c plot       a run's learning curve from its eval.jsonl
     a3c export     a float16 model file (no optimizer state) from a checkpoint, for shipping
+    a3c keys       CurveZMQ certificates for the learner, the workers and the evaluator
 
 Each command's flags are the fields of common.config.Config it reads (COMMAND_FIELDS), parsed
 by pydantic-settings' CLI; every field can also be set as A3C_<FIELD>, for any command. A flag
@@ -88,6 +89,22 @@ def _export(config: Config) -> None:
     )
 
 
+def _keys(config: Config) -> None:
+    from common.transport import create_keys
+
+    assert config.out is not None  # required by the parser
+    written = create_keys(config.out)
+    for path in written:
+        print(path)
+    print(
+        f"{len(written)} files written in {config.out} (existing keys kept). Learner: "
+        f"--curve-key-file {config.out}/learner.key_secret --curve-clients-dir "
+        f"{config.out}/clients; workers: --curve-key-file {config.out}/worker.key_secret "
+        f"--curve-server-key-file {config.out}/learner.key; the evaluator the same with "
+        "evaluator.key_secret"
+    )
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[Config], None]
@@ -95,6 +112,8 @@ class Command:
     required: tuple[str, ...] = ()
     """Fields that are optional in Config (a service never needs them) but this command does."""
     positional: tuple[str, ...] = ()
+    help_for: tuple[tuple[str, str], ...] = ()
+    """(field, help) where Config's description (written for the services) would mislead."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -114,14 +133,20 @@ COMMANDS: dict[str, Command] = {
     ),
     "plot": Command(
         _plot,
-        "plot a run's learning curve: RUN_DIR --out FILE.png",
+        "plot a run's learning curve: RUN-DIR --out FILE.png",
         required=("run_dir", "out"),
         positional=("run_dir",),
+        help_for=(("run_dir", "the run directory `a3c run` wrote (reads its eval.jsonl)"),),
     ),
     "export": Command(
         _export,
         "float16 model file for shipping: --checkpoint PATH --out FILE.pt",
         required=("checkpoint", "out"),
+    ),
+    "keys": Command(
+        _keys,
+        "CurveZMQ certificates (learner, worker, evaluator, clients/): --out DIR",
+        required=("out",),
     ),
 }
 
@@ -130,17 +155,19 @@ def _flags_model(name: str, command: Command) -> type[BaseModel]:
     """The command's flags as a model for the parser: Config's fields (types, help), only
     the ones the command reads. It only parses; Config validates, together with the env."""
     fields: dict[str, Any] = {}
+    help_for = dict(command.help_for)
     for field in COMMAND_FIELDS[name]:
         info = Config.model_fields[field]
+        description = help_for.get(field, info.description)
         annotation: Any = info.annotation
         if field in command.required:
             annotation = next(a for a in annotation.__args__ if a is not type(None))
             if field in command.positional:
                 annotation = CliPositionalArg[annotation]  # type: ignore[misc]
-            fields[field] = (annotation, Field(description=info.description))
+            fields[field] = (annotation, Field(description=description))
         else:
             default = info.get_default(call_default_factory=True)  # this machine's, for --help
-            fields[field] = (annotation, Field(default, description=info.description))
+            fields[field] = (annotation, Field(default, description=description))
     return create_model(f"{name.title()}Flags", __doc__=command.help, **fields)
 
 

@@ -32,7 +32,7 @@ from common.model import ActorCritic
 from common.protocol import Message, ProtocolError, Session, WeightsBody
 from common.scalars import evaluator_scalars, open_writer
 from common.seeding import evaluation_seed
-from common.transport import Subscriber
+from common.transport import Subscriber, curve_client
 from common.weights import layout_digest, load_parameter_vector
 from services.evaluator.gallery import Gallery, Thinned, screen_source
 from services.evaluator.gif import pillow_available
@@ -65,7 +65,8 @@ class Evaluator:
             f"evaluator-{config.resolved_worker_id}", config.shared_key(), config.max_message_bytes
         )
         host, port = split_address(config.learner)
-        self.subscriber = Subscriber(session, host, port + 1)
+        curve = curve_client(config.curve_key_file, config.curve_server_key_file)
+        self.subscriber = Subscriber(session, host, port + 1, curve)
         self.version = -1
         self.train_frames = 0
         self.scores: deque[float] = deque(maxlen=config.eval_window)

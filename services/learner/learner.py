@@ -34,7 +34,7 @@ from common.model import ActorCritic
 from common.protocol import REQUEST_TYPES, Session
 from common.samples import Samples
 from common.scalars import LEARNER_INTERVAL_S, LearnerScalars, open_writer
-from common.transport import Publisher, Received, RouterServer
+from common.transport import Publisher, Received, RouterServer, curve_server
 from common.weights import FlatParameters
 from services.learner.core import LearnerCore, LogLimiter
 
@@ -51,6 +51,8 @@ class Learner:
     def __init__(self, config: Config, metrics: LearnerMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or learner_metrics()
+        # First: CURVE settings that cannot work stop the start before anything is touched.
+        curve = curve_server(config.curve_key_file, config.curve_clients_dir)
         obs_shape, n_actions = env_spaces(config.env)
         self.core = LearnerCore.create(ActorCritic(obs_shape, n_actions), config, self.metrics)
         self._last_publish = 0.0
@@ -66,11 +68,11 @@ class Learner:
         self.session = Session(
             "learner", config.shared_key(), config.max_message_bytes, accepts=REQUEST_TYPES
         )
-        self.server = RouterServer(self.session, config.host, config.port)
-        self.publisher = Publisher(self.session, config.host, config.port + 1)
+        self.server = RouterServer(self.session, config.host, config.port, curve)
+        self.publisher = Publisher(self.session, config.host, config.port + 1, curve)
         log.info(
             "serving %s (%d parameters, layout %s) on %s:%d (gradients) and :%d (weights), "
-            "version %d, weights as %s, signing %s",
+            "version %d, weights as %s, signing %s, CURVE %s",
             config.env,
             self.core.n_params,
             self.core.layout,
@@ -80,6 +82,7 @@ class Learner:
             self.version,
             self.core.weights_dtype,
             "on" if self.session.key else "off",
+            f"on (clients admitted from {config.curve_clients_dir})" if curve else "off",
         )
 
     # --- views of the core (tests and tools read and move them) ----------------------------
@@ -213,6 +216,10 @@ class Learner:
         """Housekeeping between messages: forget silent workers, publish, checkpoint, and the
         TensorBoard scalars where asked for."""
         self.core.forget_silent()
+        for name, sock in (("gradients", self.server), ("weights", self.publisher)):
+            refused = sock.refused_handshakes()
+            if refused:
+                self.metrics.handshakes_refused.labels(socket=name).inc(refused)
         now = time.monotonic()
         if self.scalars is not None:
             self.scalars.tick(now)

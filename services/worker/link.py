@@ -42,7 +42,7 @@ from common.protocol import (
     Session,
     WeightsBody,
 )
-from common.transport import DealerClient
+from common.transport import DealerClient, curve_client
 
 log = logging.getLogger("worker")
 
@@ -126,7 +126,8 @@ class LearnerLink:
         self.on_weights = on_weights
         if client is None:
             host, port = split_address(config.learner)
-            client = DealerClient(session, host, port)
+            curve = curve_client(config.curve_key_file, config.curve_server_key_file)
+            client = DealerClient(session, host, port, curve)
         self.client = client
         self.pulse = Liveness(config.heartbeat_interval, clock)
         self.health: Health | None = None

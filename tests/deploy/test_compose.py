@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
+from common.protocol import Session
 from common.samples import Samples
+from common.transport import CurveClient, Subscriber, create_keys
 from tests.conftest import fetch, free_port, k8s_validate, latest_game
 from tests.conftest import wait_for as wait_until
 
@@ -39,6 +41,7 @@ COMPOSE_FILES = (
     "docker-compose.offline.yml",
     "docker-compose.ci.yml",
     "docker-compose.auth.yml",
+    "docker-compose.curve.yml",
 )
 WORKERS = 8
 IMAGE = os.environ.get("TEST_COMPOSE_IMAGE", "a3c-breakout:ci")  # built by test-compose.sh
@@ -53,6 +56,7 @@ COMPOSE_VARS = (
     "EVALUATOR_PORT",
     "WORKERS",
     "AUTH_KEY_FILE",
+    "CURVE_KEYS_DIR",
     "COMPOSE_FILE",
     "COMPOSE_PROFILES",
     "COMPOSE_PROJECT_NAME",
@@ -92,6 +96,10 @@ class Stack:
         self.page = f"http://127.0.0.1:{evaluator_port}"
         """The evaluator's page (and metrics) on its host port, EVALUATOR_PORT."""
         self.env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS}
+        self.curve_keys: Path | None = None
+        """The CURVE certificates the stack runs with (a3c keys' layout)."""
+        self.learner_pub_port = 0
+        """The learner's weight broadcast on the host."""
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         files = [arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / name))]
@@ -175,6 +183,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     key = tmp / "auth_key"
     key.write_text(os.urandom(24).hex() + "\n")
     key.chmod(0o444)  # bind-mounted as is: the image's user (10001) must read it
+    curve = tmp / "curve"
+    create_keys(curve)
+    for path in curve.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o444)
     published = ("LEARNER_PORT", "LEARNER_PUB_PORT", "PROMETHEUS_PORT", "EVALUATOR_PORT")
     ports = {name: free_port() for name in published}
     env_file = tmp / "compose.env"
@@ -182,10 +194,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "".join(f"{k}={v}\n" for k, v in ports.items())
         + f"IMAGE={IMAGE}\n"
         + f"AUTH_KEY_FILE={key}\n"
+        + f"CURVE_KEYS_DIR={curve}\n"
     )
     s = Stack(
         f"a3c-test-{os.getpid()}", env_file, ports["PROMETHEUS_PORT"], ports["EVALUATOR_PORT"]
     )
+    s.curve_keys = curve
+    s.learner_pub_port = ports["LEARNER_PUB_PORT"]
     started = time.monotonic()
     try:
         s.compose("up", "-d", "--no-build", "--scale", f"worker={WORKERS}")
@@ -437,19 +452,34 @@ def test_learner_restart_resumes_from_the_checkpoint_volume(stack: Stack) -> Non
     )
 
 
-def test_a_peer_without_the_key_is_refused(stack: Stack) -> None:
-    """The key really is in use: a worker started without the secret gets nowhere."""
+def _intruder(stack: Stack, name: str, *env: str, keys: bool) -> str:
+    """A worker container on the stack's network, not one of its replicas: `env` its only
+    settings, and with `keys` the CURVE worker certificate mounted (but no signing key)."""
+    mounts = ["-v", f"{stack.curve_keys}:/keys:ro"] if keys else []
+    curve = (
+        ["-e", "A3C_CURVE_KEY_FILE=/keys/worker.key_secret",
+         "-e", "A3C_CURVE_SERVER_KEY_FILE=/keys/learner.key"]
+        if keys else []
+    )  # fmt: skip
+    name = f"{stack.project}-{name}"
+    subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", name, "--network", f"{stack.project}_default",
+         *mounts, "-e", "A3C_LEARNER=learner:5555", "-e", "A3C_LOG_FORMAT=json", *curve, *env,
+         IMAGE, "worker"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return name
+
+
+def test_a_peer_without_the_signing_key_is_refused(stack: Stack) -> None:
+    """The key really is in use: a worker with the CURVE certificate (so it gets through the
+    handshake) but without the signing key gets nowhere."""
     before = stack.metrics("learner")
 
     def refusals(page: Samples) -> float:
         return page.get("a3c_learner_gradients_rejected_total", reason="bad_signature")
 
-    name = f"{stack.project}-intruder"
-    subprocess.run(
-        ["docker", "run", "-d", "--rm", "--name", name, "--network", f"{stack.project}_default",
-         "-e", "A3C_LEARNER=learner:5555", "-e", "A3C_LOG_FORMAT=json", IMAGE, "worker"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    name = _intruder(stack, "unsigned", keys=True)
     try:
         refused = wait_for(
             lambda: (n := refusals(stack.metrics("learner"))) > refusals(before) and n,
@@ -462,3 +492,40 @@ def test_a_peer_without_the_key_is_refused(stack: Stack) -> None:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     say(f"a worker without the key was refused ({refused - refusals(before):.0f} messages, "
         "bad_signature) and never counted as active")  # fmt: skip
+
+
+def test_a_peer_without_a_curve_key_gets_no_connection(stack: Stack) -> None:
+    """CURVE really is in use: a worker without an admitted certificate is refused at the
+    handshake (no message of it ever reaches the learner), and the weight broadcast published
+    on the host gives an unkeyed subscriber nothing while a keyed one reads it."""
+    before = stack.metrics("learner")
+
+    def refused(page: Samples) -> float:
+        return page.get("a3c_learner_handshakes_refused_total", socket="gradients")
+
+    name = _intruder(stack, "unkeyed", keys=False)
+    try:
+        wait_for(
+            lambda: refused(stack.metrics("learner")) > refused(before),
+            90,
+            "the learner to refuse the unkeyed worker's handshake",
+        )
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    assert stack.curve_keys is not None
+
+    def broadcasts(curve: CurveClient | None) -> int:
+        subscriber = Subscriber(Session("probe"), "127.0.0.1", stack.learner_pub_port, curve)
+        received, deadline = 0, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            received += subscriber.recv_newest(200) is not None
+        subscriber.close()
+        return received
+
+    keyed = CurveClient.from_files(
+        stack.curve_keys / "evaluator.key_secret", stack.curve_keys / "learner.key"
+    )
+    assert broadcasts(None) == 0
+    assert broadcasts(keyed) > 0
+    say("a worker without a CURVE key was refused at the handshake; an unkeyed subscriber "
+        "read no weights, a keyed one did")  # fmt: skip

@@ -10,17 +10,20 @@ test_compose.py then runs every panel's PromQL against the real Prometheus. Run 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from common.transport import create_keys
 from tests.conftest import k8s_validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +36,7 @@ COMPOSE_FILES = (
     "docker-compose.offline.yml",
     "docker-compose.ci.yml",
     "docker-compose.auth.yml",
+    "docker-compose.curve.yml",
 )
 
 pytestmark = pytest.mark.skipif(
@@ -53,10 +57,19 @@ def tool(name: str) -> str:
     return str(path)
 
 
+@functools.cache
+def curve_keys() -> Path:
+    """A directory of CURVE certificates as `a3c keys` writes it, for docker-compose.curve.yml."""
+    directory = Path(tempfile.mkdtemp(prefix="a3c-curve-"))
+    create_keys(directory)
+    return directory
+
+
 def compose_config(*files: str) -> dict[str, Any]:
     """The resolved model of these compose files, as `docker compose config` sees it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "A3C_"))}
     env["AUTH_KEY_FILE"] = str(ROOT / "pyproject.toml")  # any existing file will do
+    env["CURVE_KEYS_DIR"] = str(curve_keys())
     args = [a for f in files for a in ("-f", f)]
     done = run(
         "docker", "compose", "--env-file", os.devnull, *args, "config", "--format", "json", env=env
