@@ -79,7 +79,7 @@ def _train(
         seed,
         config.num_envs,
         config.train_sticky_actions,
-        config.normalize_rewards,
+        config.training_reward_scale,
         config.gamma,
     )
     model = ActorCritic(shared_model.obs_shape, shared_model.n_actions)

@@ -22,6 +22,8 @@ GradDtype = Literal["float32", "float16", "bfloat16"]
 WeightsDtype = Literal["float32", "float16", "bfloat16"]
 EvalPolicy = Literal["greedy", "sample"]
 LogFormat = Literal["text", "json"]
+RewardScale = Literal["return_std", "return_rms"]
+OptimizerName = Literal["adam", "rmsprop"]
 
 
 class ConfigError(UsageError):
@@ -73,8 +75,16 @@ class Config(BaseSettings):
     """Standardise advantages per rollout; off by default: over one env's 20 steps it is mostly
     noise (measured on CartPole: slower), with many envs per worker it can help."""
     normalize_rewards: bool = True
-    """Vector envs: divide training rewards by a running std of the discounted return (keeps
-    the critic's targets near unit scale). Atari rewards are clipped to [-1, 1] instead."""
+    """Vector envs: divide training rewards by a running statistic of the discounted return
+    (reward_scale), so the critic's targets stay near unit scale. Atari rewards are clipped to
+    [-1, 1] instead."""
+    reward_scale: RewardScale = "return_std"
+    """With normalize_rewards: divide by the running std of the discounted return
+    (return_std, as Gymnasium's NormalizeReward), or by its root mean square, sqrt(mean^2 +
+    var) (return_rms), which also scales a large constant part away. Under return_std a game
+    of constant -1 rewards (Acrobot) leaves the critic a target of about -16, which Adam fits
+    by saturating the LSTM: its cells then count steps, the output stops depending on the
+    observation, and no gradient reaches the gates again (docs/learning.md)."""
     grad_dtype: GradDtype = "float16"
     """Gradient precision on the wire. float16 (loss-scaled per message, so small gradients do
     not flush to zero) halves the bytes of float32 (1.18 vs 2.35 MB for Breakout's model) and
@@ -91,6 +101,14 @@ class Config(BaseSettings):
     """Adam learning rate of the one shared optimizer. 3e-4 goes with the default 4 envs per
     gradient (less noisy than one env's; 1e-3 with 16 envs was no better at 2.5M frames);
     the classic batch-1 A3C used 1e-4."""
+    optimizer: OptimizerName = "adam"
+    """The learner's one shared optimizer: adam (betas 0.9/0.999), or rmsprop, the A3C
+    paper's shared RMSProp (decay 0.99, no momentum). Both keep one set of statistics for
+    every worker's gradients, as the paper's shared variant does."""
+    optimizer_eps: float | None = Field(None, gt=0.0)
+    """The optimizer's epsilon; None is the optimizer's usual one (adam 1e-8, rmsprop 0.1, the
+    A3C paper's). With eps far below the gradients' typical size (about 6e-4 per parameter
+    for Breakout's model), Adam turns even a vanishing gradient into a step of size lr."""
     host: str = "127.0.0.1"
     """Learner bind address; 0.0.0.0 inside containers."""
     port: int = Field(5555, ge=1, le=65534)
@@ -195,6 +213,18 @@ class Config(BaseSettings):
     """Shared key: every message is HMAC-signed and unsigned ones are refused."""
     auth_key_file: Path | None = None
     """File holding the shared key (Kubernetes Secret / compose secret mount)."""
+    curve_key_file: Path | None = None
+    """This service's CurveZMQ certificate with its secret key (NAME.key_secret, made by
+    `a3c keys`). Set, every connection to the learner is encrypted and authenticated: the
+    learner admits only the clients in curve_clients_dir, so a peer without an admitted key can
+    neither push gradients nor read the weight broadcast (signing alone lets anyone who
+    connects read the weights). Workers and the evaluator also need curve_server_key_file."""
+    curve_server_key_file: Path | None = None
+    """Workers and the evaluator with CURVE: the learner's public certificate (learner.key)."""
+    curve_clients_dir: Path | None = None
+    """The learner with CURVE: the directory of the public certificates (*.key) it admits;
+    read again when it changes, so adding or removing a file admits or revokes a client
+    without a restart."""
 
     @field_validator("learner")
     @classmethod
@@ -202,12 +232,24 @@ class Config(BaseSettings):
         split_address(value)
         return value
 
-    @field_validator("auth_key_file")
+    @field_validator("auth_key_file", "curve_key_file", "curve_server_key_file")
     @classmethod
     def _check_key_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a readable file")
         return value
+
+    @field_validator("curve_clients_dir")
+    @classmethod
+    def _check_clients_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @property
+    def training_reward_scale(self) -> RewardScale | None:
+        """How the workers' vector envs scale rewards (None: not at all)."""
+        return self.reward_scale if self.normalize_rewards else None
 
     @property
     def resolved_worker_id(self) -> str:
@@ -239,20 +281,23 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 _SERVICE = _names(
-    "max_message_bytes auth_key auth_key_file log_level log_format metrics_host metrics_port"
+    "max_message_bytes auth_key auth_key_file curve_key_file log_level log_format"
+    " metrics_host metrics_port"
 )
 """What every service reads: its sessions' limits and key, and `start_service`'s settings."""
 _LEARNER = _names(
-    "env lr host port checkpoint_dir init_from checkpoint_interval keep_checkpoints"
-    " max_staleness publish_interval heartbeat_interval weights_dtype"
+    "env lr optimizer optimizer_eps host port checkpoint_dir init_from checkpoint_interval"
+    " keep_checkpoints"
+    " max_staleness publish_interval heartbeat_interval weights_dtype curve_clients_dir"
 )
 _WORKER = _names(
     "env seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef value_coef"
-    " max_grad_norm normalize_advantages normalize_rewards grad_dtype sync_interval"
-    " max_inflight learner worker_id learner_timeout heartbeat_interval"
+    " max_grad_norm normalize_advantages normalize_rewards reward_scale grad_dtype sync_interval"
+    " max_inflight learner worker_id learner_timeout heartbeat_interval curve_server_key_file"
 )
 _EVALUATOR = _names(
     "env seed learner worker_id eval_window eval_interval eval_policy eval_log best_model_path"
+    " curve_server_key_file"
 )
 _WATCH = _names("game_max_frames page_links tensorboard_dir")
 """The evaluator's page and TensorBoard scalars; `a3c run` also writes the learner's."""
@@ -264,6 +309,10 @@ SET_BY_LAUNCHER = frozenset(
 )
 """What `a3c run` sets itself for its children (loopback addresses, free ports, the run
 directory's paths), so `a3c run` has no flag for them."""
+CLUSTER_ONLY = frozenset(_names("curve_key_file curve_server_key_file curve_clients_dir"))
+"""Settings that differ per role (each service has its own CURVE certificate), so the one
+set of flags `a3c run` hands all its children cannot carry them; its children talk over
+loopback, where CURVE protects nothing."""
 _LAUNCHER = _names(
     "workers max_frames duration run_dir target_score progress_interval run_evaluator"
 )
@@ -274,7 +323,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
         dict.fromkeys(
             name
             for name in (*_LAUNCHER, *_LEARNER, *_WORKER, *_EVALUATOR, *_WATCH, *_SERVICE)
-            if name not in SET_BY_LAUNCHER
+            if name not in SET_BY_LAUNCHER | CLUSTER_ONLY
         )
     ),
     "learner": (*_LEARNER, "tensorboard_dir", *_SERVICE),
@@ -284,6 +333,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "record": _PLAY,
     "plot": ("run_dir", "out", "eval_window"),
     "export": ("checkpoint", "out"),
+    "keys": ("out",),
 }
 """The fields each command reads, and so its flags. A3C_* env vars are read for every field
 by every command (one ConfigMap serves all roles); a flag is accepted only where it acts."""

@@ -176,6 +176,28 @@ def _preprocess_frames(env: gym.Env) -> gym.Env:
     )
 
 
+class ReturnRmsReward(gym.wrappers.NormalizeReward):
+    """Rewards divided by the running root mean square of the discounted return, sqrt(mean^2
+    + var), instead of its std alone: the critic's targets are then O(1) even where every
+    step pays the same (Acrobot's -1), which the std leaves at -1/(std * (1 - gamma))."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.discounted_reward = self.discounted_reward * self.gamma * (1 - terminated) + float(
+            reward
+        )
+        if self.update_running_mean:
+            self.return_rms.update(self.discounted_reward)
+        scale = np.sqrt(self.return_rms.var + self.return_rms.mean**2 + self.epsilon)
+        return obs, float(reward) / float(scale), terminated, truncated, info
+
+
+REWARD_SCALES: dict[str, type[gym.wrappers.NormalizeReward]] = {
+    "return_std": gym.wrappers.NormalizeReward,
+    "return_rms": ReturnRmsReward,
+}
+
+
 def _scale_by_bounds(env: gym.Env) -> gym.Env:
     space = env.observation_space
     assert isinstance(space, gym.spaces.Box), "vector observations must be a Box"
@@ -194,15 +216,16 @@ def make_env(
     *,
     training: bool,
     sticky_actions: float | None = None,
-    normalize_rewards: bool = False,
+    reward_scale: str | None = None,
     gamma: float = 0.99,
     render_mode: str | None = None,
 ) -> gym.Env:
     """One environment for training (`training=True`) or for the evaluation protocol.
 
-    `normalize_rewards` (training, vector envs) divides rewards by a running std of the
-    discounted return, so the critic's targets stay near unit scale: on CartPole it took the
-    greedy score from ~180 to ~390 after 80k frames. Atari rewards are clipped instead."""
+    `reward_scale` (training, vector envs; a key of REWARD_SCALES, None for raw rewards)
+    divides rewards by a running statistic of the discounted return, so the critic's targets
+    stay near unit scale: on CartPole it took the greedy score from ~180 to ~390 after 80k
+    frames. Atari rewards are clipped instead."""
     if is_atari(env_id):
         sticky = sticky_actions if sticky_actions is not None else EVAL_STICKY_ACTIONS
         env: gym.Env = gym.make(
@@ -227,8 +250,8 @@ def make_env(
     else:
         env = GameScore(gym.make(env_id, render_mode=render_mode), 1)
         env = _scale_by_bounds(env)
-        if training and normalize_rewards:
-            env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+        if training and reward_scale is not None:
+            env = REWARD_SCALES[reward_scale](env, gamma=gamma)
     env.action_space.seed(seed)
     env.reset(seed=seed)
     return env
@@ -239,7 +262,7 @@ def make_vector_env(
     seed: int,
     num_envs: int,
     sticky_actions: float = 0.0,
-    normalize_rewards: bool = False,
+    reward_scale: str | None = None,
     gamma: float = 0.99,
 ) -> SyncVectorEnv:
     """`num_envs` training envs stepped as a batch; a finished env resets in the same step
@@ -251,7 +274,7 @@ def make_vector_env(
             seed + i,
             training=True,
             sticky_actions=sticky_actions,
-            normalize_rewards=normalize_rewards,
+            reward_scale=reward_scale,
             gamma=gamma,
         )
         for i in range(num_envs)

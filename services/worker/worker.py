@@ -64,7 +64,7 @@ class Worker:
             self.seed,
             config.num_envs,
             config.train_sticky_actions,
-            config.normalize_rewards,
+            config.training_reward_scale,
             config.gamma,
         )
         session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)

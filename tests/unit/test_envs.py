@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from common.envs import env_spaces, frames_per_step, make_env, make_vector_env
 
@@ -93,3 +94,24 @@ def test_vector_observations_are_scaled_by_their_bounds():
     for _ in range(100):
         obs, *_ = env.step(env.action_space.sample())
         assert np.all(np.abs(obs) <= 1.0 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("scale", "low", "high"), [("return_std", 5.0, 100.0), ("return_rms", 0.3, 3.0)]
+)
+def test_return_rms_keeps_a_constant_cost_game_at_unit_value_scale(scale, low, high):
+    """Acrobot pays -1 per step: the value the critic must fit is reward / (1 - gamma). Divided by
+    the return's std it stays far from 1 (which saturates the LSTM, docs/learning.md); divided by
+    the return's root mean square it is O(1)."""
+    gamma = 0.99
+    env = make_env("Acrobot-v1", 0, training=True, reward_scale=scale, gamma=gamma)
+    rewards = []
+    for _ in range(2000):
+        _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        rewards.append(float(reward))
+        if terminated or truncated:
+            env.reset()
+    value_scale = abs(np.mean(rewards[-500:])) / (1 - gamma)
+    assert low < value_scale < high
+    raw = make_env("Acrobot-v1", 0, training=True)
+    assert raw.step(raw.action_space.sample())[1] == -1.0  # no reward_scale: raw rewards

@@ -568,3 +568,45 @@ def test_restore_carries_version_frames_and_weights_on():
     assert (target.version, target.frames) == (2, 40)
     assert torch.equal(target.flat.values, source.flat.values)
     assert target.metrics.registry.get_sample_value("a3c_learner_model_version") == 2
+
+
+def make_core_with(**settings) -> LearnerCore:
+    torch.manual_seed(0)
+    config = load_config({"env": "CartPole-v1", "max_staleness": MAX_STALENESS, **settings})
+    return LearnerCore.create(ActorCritic(*SPACES), config, learner_metrics(), Clock())
+
+
+def test_rmsprop_is_the_a3c_papers_shared_rmsprop_and_steps_like_sgd_on_small_gradients():
+    """decay 0.99, eps 0.1: a gradient far below eps moves each weight by lr * g / eps (about
+    SGD), where Adam would move it by about lr whatever its size."""
+    rmsprop, adam = make_core_with(optimizer="rmsprop", lr=1e-3), make_core_with(lr=1e-3)
+    assert isinstance(rmsprop.optimizer, torch.optim.RMSprop)
+    group = rmsprop.optimizer.param_groups[0]
+    assert (group["alpha"], group["eps"], group["momentum"]) == (0.99, 0.1, 0)
+    assert adam.optimizer.param_groups[0]["eps"] == 1e-8
+    moves = {}
+    for name, core in (("rmsprop", rmsprop), ("adam", adam)):
+        peer = Peer(core)
+        welcomed(peer)
+        before = core.flat.values.detach().clone()
+        accept(peer, 1)
+        moves[name] = float((core.flat.values.detach() - before).abs().max())
+    assert moves["rmsprop"] < 1e-3 * 1e-3 / 0.1 * 1.01
+    assert moves["adam"] > 0.5e-3
+
+
+def test_the_configured_eps_and_a_fresh_optimizer_win_over_the_checkpoints():
+    source = make_core_with(lr=1e-3)
+    peer = Peer(source)
+    welcomed(peer)
+    accept(peer, 2)
+    saved = source.optimizer.state_dict()
+    resumed = make_core_with(lr=2e-3, optimizer_eps=1e-5)
+    resumed.restore(source.model.state_dict(), source.version, source.frames, saved)
+    group = resumed.optimizer.param_groups[0]
+    assert (group["lr"], group["eps"]) == (2e-3, 1e-5)
+    assert resumed.optimizer.state_dict()["state"][0]["step"] == 2
+    other = make_core_with(optimizer="rmsprop")
+    other.restore(source.model.state_dict(), source.version, source.frames, saved)
+    assert other.optimizer.state_dict()["state"] == {}, "Adam's statistics are not RMSProp's"
+    assert torch.equal(other.flat.values, source.flat.values)
