@@ -311,7 +311,7 @@ class Publisher:
         curve: CurveServer | None = None,
     ) -> None:
         self.session = session
-        context = zmq.Context.instance()
+        context: zmq.Context = zmq.Context.instance()
         self.sock: zmq.Socket = context.socket(zmq.PUB)
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.SNDHWM, 2)

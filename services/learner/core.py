@@ -71,7 +71,7 @@ def optimizer_state_fits(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     """Whether a saved optimizer state is this optimizer's kind (an Adam checkpoint resumed
     under RMSProp holds other statistics, which would fail at the first step)."""
     saved = state.get("state", {})
-    entry = next(iter(saved.values()), {}) if saved else {}
+    entry: dict[str, Any] = next(iter(saved.values()), {}) if saved else {}
     wanted = {"exp_avg"} if isinstance(optimizer, torch.optim.Adam) else {"square_avg"}
     return not entry or wanted <= set(entry)
 

@@ -148,3 +148,35 @@ def test_learning_interval_covers_the_mean_and_narrows_with_more_games():
     assert few[0] <= 29 / 6 <= few[1] and many[0] <= 29 / 6 <= many[1]
     assert many[1] - many[0] < few[1] - few[0]
     assert bootstrap_ci([[3.0, 3.0]]) == [3.0, 3.0]
+
+
+def test_lstm_health_tells_a_dead_model_from_a_live_one(tmp_path):
+    """A model whose LSTM output gates are forced shut (as in the Breakout run that died, where
+    `h` averaged 0.006) is reported collapsed; the freshly initialised one is not."""
+    import torch
+
+    from bench import lstm_health
+    from common.envs import env_spaces
+    from common.model import ActorCritic
+    from common.weights import layout_digest
+
+    torch.manual_seed(0)
+    live = ActorCritic(*env_spaces("CartPole-v1"))
+    dead = ActorCritic(*env_spaces("CartPole-v1"))
+    with torch.no_grad():
+        size = dead.lstm_size  # gates in the order i, f, g, o
+        dead.lstm.bias_ih[3 * size :].fill_(-50.0)  # o = 0: h = 0, whatever the input
+    for name, model in (("live", live), ("dead", dead)):
+        torch.save(
+            {"model": model.state_dict(), "layout": layout_digest(model)}, tmp_path / f"{name}.pt"
+        )
+    out = tmp_path / "health.json"
+    models = [str(tmp_path / "live.pt"), str(tmp_path / "dead.pt")]
+    assert (
+        lstm_health.main(["--env", "CartPole-v1", "--games", "2", "--out", str(out), *models]) == 0
+    )
+    report = json.loads(out.read_text())
+    live_report, dead_report = report[str(tmp_path / "live.pt")], report[str(tmp_path / "dead.pt")]
+    assert live_report["verdict"] != "collapsed" and dead_report["verdict"] == "collapsed"
+    assert dead_report["gate_preactivation"] > 10 * live_report["gate_preactivation"]
+    assert dead_report["h"] < 1e-6 < live_report["h"]

@@ -29,6 +29,9 @@ class FakeSocket:
         self.sent.append(msg_type)
         return 0
 
+    def refused_handshakes(self) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed = True
 

@@ -227,6 +227,9 @@ class RecordingServer:
     def recv(self, _timeout_ms: int) -> None:
         return None
 
+    def refused_handshakes(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 
