@@ -20,6 +20,10 @@ class EpisodeResult:
     steps: int
     frames: int
     truncated: bool
+    value_spread: float = 0.0
+    """Standard deviation of the critic's value over the game's steps. About 0 when the model's
+    output no longer depends on what it sees (a fresh model, or one whose LSTM collapsed:
+    bench/lstm_health.py); a model that has learned anything spreads its values."""
 
 
 @torch.inference_mode()
@@ -38,8 +42,11 @@ def play_episode(
     state = model.initial_state(1)
     generator = torch.Generator().manual_seed(seed or 0)
     score, steps = 0.0, 0
+    value_sum = value_square_sum = 0.0
     while True:
-        logits, _, state = model(torch.as_tensor(obs).unsqueeze(0), state)
+        logits, value, state = model(torch.as_tensor(obs).unsqueeze(0), state)
+        value_sum += float(value)
+        value_square_sum += float(value) ** 2
         if policy == "greedy":
             action = int(logits.argmax(-1))
         else:
@@ -52,6 +59,8 @@ def play_episode(
         if terminated or truncated:
             score = float(info.get("game_score", score))
             frames = int(info["game_frames"])
-            return EpisodeResult(score, steps, frames, bool(truncated))
+            mean = value_sum / steps
+            spread = max(value_square_sum / steps - mean * mean, 0.0) ** 0.5
+            return EpisodeResult(score, steps, frames, bool(truncated), spread)
         if stop is not None and steps % 64 == 0 and stop.is_set():
             return None

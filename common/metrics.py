@@ -270,12 +270,19 @@ class EvaluatorMetrics:
     rejected: Counter
     game_bytes: Gauge
     game_bytes_bound: Gauge
+    value_spread: Gauge
 
 
 def evaluator_metrics() -> EvaluatorMetrics:
     r = CollectorRegistry()
     return EvaluatorMetrics(
         registry=r,
+        value_spread=Gauge(
+            "a3c_evaluator_value_spread",
+            "Standard deviation of the critic's value over the latest evaluation game: about 0 "
+            "when the model ignores its input (fresh, or collapsed if it was above 0 before)",
+            registry=r,
+        ),
         score_mean=Gauge(
             "a3c_evaluator_score_mean",
             "Mean raw score over the last eval_window episodes",

@@ -194,6 +194,7 @@ class Evaluator:
         self.metrics.model_version.set(version)
         self.metrics.train_frames.set(frames)
         self.metrics.episode_frames.set(result.frames)
+        self.metrics.value_spread.set(result.value_spread)
         record = {
             "env": self.config.env,
             "time": started,
@@ -205,6 +206,7 @@ class Evaluator:
             "episode_frames": result.frames,
             "truncated": result.truncated,
             "policy": self.config.eval_policy,
+            "value_spread": round(result.value_spread, 6),
         }
         log.info(
             "episode %d: score %.1f, mean %.1f over %d (version %d, %d frames)",

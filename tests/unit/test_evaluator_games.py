@@ -111,3 +111,23 @@ def test_the_curve_starts_from_the_runs_earlier_games(make_evaluator, tmp_path):
 
 def _never():
     return threading.Event()
+
+
+def test_a_game_reports_how_much_the_critics_value_moved():
+    """The value's spread over a game is what tells a collapsed model (one number in every
+    state) from a working one; the evaluator exports it as a3c_evaluator_value_spread."""
+    from common.envs import env_spaces, make_env
+    from common.evaluation import play_episode
+    from common.model import ActorCritic
+
+    torch.manual_seed(0)
+    working, flat = ActorCritic(*env_spaces("CartPole-v1")), ActorCritic(*env_spaces("CartPole-v1"))
+    with torch.no_grad():
+        flat.lstm.bias_ih[3 * flat.lstm_size :].fill_(-50.0)  # output gates shut: h = 0
+    spreads = {}
+    for name, model in (("working", working), ("flat", flat)):
+        env = make_env("CartPole-v1", 3, training=False)
+        result = play_episode(model, env, "CartPole-v1", "sample", seed=3)
+        assert result is not None and result.steps > 1
+        spreads[name] = result.value_spread
+    assert spreads["flat"] < 1e-6 < spreads["working"]
