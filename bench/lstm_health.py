@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from common.checkpoint import MODEL_KEYS, load_checkpoint
-from common.envs import env_spaces, make_env
+from common.config import load_config
+from common.envs import make_env
 from common.model import ActorCritic
 from common.seeding import evaluation_seed
+from services.evaluator.offline import load_policy
 
 SATURATED = 3.0
 """|c| above which tanh(c) is within 0.5% of +-1: the unit's output no longer moves."""
@@ -46,10 +47,9 @@ SATURATED_GATES = 5.0
 
 
 def load_model(path: Path, env_id: str) -> ActorCritic:
-    state = load_checkpoint(path, MODEL_KEYS)
-    model = ActorCritic(*env_spaces(env_id))
-    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
-    return model.eval()
+    """The model behind `path`, loaded as `a3c evaluate` loads it (layout checked)."""
+    model, _ = load_policy(load_config({"checkpoint": str(path), "env": env_id}))
+    return model
 
 
 @torch.no_grad()

@@ -58,11 +58,28 @@ def _load_certificate(path: Path, need_secret: bool) -> tuple[bytes, bytes | Non
 
 
 @dataclass(frozen=True)
-class CurveServer:
-    """The learner's CURVE identity and the directory of the client keys it admits."""
+class CurveIdentity:
+    """One peer's CURVE key pair, from its NAME.key_secret certificate."""
 
     public: bytes
     secret: bytes
+
+    @staticmethod
+    def load(key_file: Path) -> CurveIdentity:
+        public, secret = _load_certificate(key_file, need_secret=True)
+        assert secret is not None
+        return CurveIdentity(public, secret)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+
+
+@dataclass(frozen=True)
+class CurveServer:
+    """The learner's CURVE identity and the directory of the client keys it admits."""
+
+    identity: CurveIdentity
     clients_dir: Path
 
     @classmethod
@@ -72,13 +89,10 @@ class CurveServer:
                 "CURVE on the learner needs --curve-clients-dir: the directory of the public "
                 f"keys (*.key) it admits (got {clients_dir})"
             )
-        public, secret = _load_certificate(key_file, need_secret=True)
-        assert secret is not None
-        return cls(public, secret, clients_dir)
+        return cls(CurveIdentity.load(key_file), clients_dir)
 
     def apply(self, sock: zmq.Socket) -> None:
-        sock.curve_secretkey = self.secret
-        sock.curve_publickey = self.public
+        self.identity.apply(sock)
         sock.curve_server = True
 
 
@@ -86,8 +100,7 @@ class CurveServer:
 class CurveClient:
     """A worker's or evaluator's CURVE identity, and the learner's public key it expects."""
 
-    public: bytes
-    secret: bytes
+    identity: CurveIdentity
     server_public: bytes
 
     @classmethod
@@ -97,14 +110,12 @@ class CurveClient:
                 "CURVE on a worker or evaluator needs --curve-server-key-file: the learner's "
                 "public key (learner.key)"
             )
-        public, secret = _load_certificate(key_file, need_secret=True)
+        identity = CurveIdentity.load(key_file)
         server_public, _ = _load_certificate(server_key_file, need_secret=False)
-        assert secret is not None
-        return cls(public, secret, server_public)
+        return cls(identity, server_public)
 
     def apply(self, sock: zmq.Socket) -> None:
-        sock.curve_secretkey = self.secret
-        sock.curve_publickey = self.public
+        self.identity.apply(sock)
         sock.curve_serverkey = self.server_public
 
 

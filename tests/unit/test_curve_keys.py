@@ -66,4 +66,4 @@ def test_a_learner_key_needs_its_clients_and_a_secret(tmp_path):
     with pytest.raises(UsageError, match="no secret key"):
         CurveServer.from_files(tmp_path / "learner.key", tmp_path / "clients")
     server = CurveServer.from_files(tmp_path / "learner.key_secret", tmp_path / "clients")
-    assert len(server.public) == len(server.secret) == 40  # z85 of 32 bytes
+    assert len(server.identity.public) == len(server.identity.secret) == 40  # z85 of 32 bytes
