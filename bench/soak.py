@@ -78,6 +78,17 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return 60.0 * statistics.linear_regression(times, values).slope
 
 
+def growth_percent(points: list[tuple[float, float]]) -> float:
+    """Growth from the first to the last point of the least-squares line through (seconds,
+    MiB) points, in percent of the line's first value: a trend, not two noisy samples."""
+    if len(points) < 2:
+        return 0.0
+    times, values = [t for t, _ in points], [v for _, v in points]
+    fit = statistics.linear_regression(times, values)
+    start = fit.intercept + fit.slope * times[0]
+    return 100.0 * fit.slope * (times[-1] - times[0]) / start
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0)
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rss_end_mib": points[-1][1],
             "rss_max_mib": max(v for _, v in points),
             "slope_mib_per_min": round(slope_per_minute(steady), 3),
+            "growth_pct_after_warmup": round(growth_percent(steady), 2),
         }
     result = {
         "config": {

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.report import render_markdown
 from bench.results import Results
 from tests.conftest import REPO
@@ -180,3 +182,13 @@ def test_lstm_health_tells_a_dead_model_from_a_live_one(tmp_path):
     assert live_report["verdict"] != "collapsed" and dead_report["verdict"] == "collapsed"
     assert dead_report["gate_preactivation"] > 10 * live_report["gate_preactivation"]
     assert dead_report["h"] < 1e-6 < live_report["h"]
+
+
+def test_soak_reports_the_trend_of_memory_not_two_samples():
+    from bench.soak import growth_percent, slope_per_minute
+
+    noisy_flat = [(t, 100.0 + (3.0 if t % 120 == 0 else -3.0)) for t in range(600, 3601, 60)]
+    assert abs(growth_percent(noisy_flat)) < 1.0
+    leaking = [(float(t), 100.0 + t / 60.0) for t in range(600, 3601, 60)]
+    assert slope_per_minute(leaking) == pytest.approx(1.0)
+    assert growth_percent(leaking) == pytest.approx(100.0 * 50.0 / 110.0)  # from 110 MiB at 600 s
