@@ -96,6 +96,7 @@ EXPORT_KEYS = (
     "frames",
     "layout",
     "env",
+    "frame_size",
     "algorithm_version",
     "eval_mean",
     "eval_scores",

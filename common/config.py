@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import UsageError
 
+FRAME_SIZES = (42, 84)
+"""Atari frame sizes the encoder is built for (common/envs.py resizes to one)."""
+
 GradDtype = Literal["float32", "float16", "bfloat16"]
 WeightsDtype = Literal["float32", "float16", "bfloat16"]
 EvalPolicy = Literal["greedy", "sample"]
@@ -65,6 +68,11 @@ class Config(BaseSettings):
     at 5M frames; 10.5 at 10M; docs/learning.md), because it takes 4x the optimizer steps
     per frame. 16 plays about 2x the frames/s on the same cores (smaller batches cost more
     per frame), so choose 16 for throughput; 1 is the classic A3C worker."""
+    frame_size: int = 42
+    """Atari frames are resized to frame_size x frame_size: 42 (the classic A3C input) or 84
+    (the DQN input; Breakout's 2-pixel ball keeps about twice its contrast, and the encoder's
+    four stride-2 convolutions give 1,152 features instead of 288). Learner, workers and
+    evaluator must agree; a model file remembers its own."""
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     gae_lambda: float = Field(1.0, ge=0.0, le=1.0)
     """GAE lambda; 1.0 gives the classic n-step return advantage."""
@@ -226,6 +234,13 @@ class Config(BaseSettings):
     read again when it changes, so adding or removing a file admits or revokes a client
     without a restart."""
 
+    @field_validator("frame_size")
+    @classmethod
+    def _check_frame_size(cls, value: int) -> int:
+        if value not in FRAME_SIZES:
+            raise ValueError(f"must be one of {FRAME_SIZES}")
+        return value
+
     @field_validator("learner")
     @classmethod
     def _check_address(cls, value: str) -> str:
@@ -286,18 +301,19 @@ _SERVICE = _names(
 )
 """What every service reads: its sessions' limits and key, and `start_service`'s settings."""
 _LEARNER = _names(
-    "env lr optimizer optimizer_eps host port checkpoint_dir init_from checkpoint_interval"
-    " keep_checkpoints"
+    "env frame_size lr optimizer optimizer_eps host port checkpoint_dir init_from"
+    " checkpoint_interval keep_checkpoints"
     " max_staleness publish_interval heartbeat_interval weights_dtype curve_clients_dir"
 )
 _WORKER = _names(
-    "env seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef value_coef"
-    " max_grad_norm normalize_advantages normalize_rewards reward_scale grad_dtype sync_interval"
-    " max_inflight learner worker_id learner_timeout heartbeat_interval curve_server_key_file"
+    "env frame_size seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef"
+    " value_coef max_grad_norm normalize_advantages normalize_rewards reward_scale grad_dtype"
+    " sync_interval max_inflight learner worker_id learner_timeout heartbeat_interval"
+    " curve_server_key_file"
 )
 _EVALUATOR = _names(
-    "env seed learner worker_id eval_window eval_interval eval_policy eval_log best_model_path"
-    " curve_server_key_file"
+    "env frame_size seed learner worker_id eval_window eval_interval eval_policy eval_log"
+    " best_model_path curve_server_key_file"
 )
 _WATCH = _names("game_max_frames page_links tensorboard_dir")
 """The evaluator's page and TensorBoard scalars; `a3c run` also writes the learner's."""

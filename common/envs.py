@@ -23,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from common.config import FRAME_SIZES
+
 gym.register_envs(ale_py)
 
 ATARI_FRAMESKIP = 4
@@ -30,6 +32,8 @@ ATARI_FRAME_CAP = 108_000
 EVAL_STICKY_ACTIONS = 0.25
 NOOP_MAX = 30
 FRAME_SIZE = 42
+"""Atari frames are resized to FRAME_SIZE x FRAME_SIZE by default; 84 (config.FRAME_SIZES) is
+the DQN/IMPALA input, which keeps Breakout's ball at about twice the contrast."""
 
 
 def is_atari(env_id: str) -> bool:
@@ -160,19 +164,21 @@ def standardize_frame(frame: np.ndarray) -> np.ndarray:
     return (frame - float(frame.mean())) / (std if std > 1e-6 else 1.0)
 
 
-def _preprocess_frames(env: gym.Env) -> gym.Env:
-    """Crop the playing field (rows 34-193), resize to 42x42 by area averaging (so the
-    2-pixel ball survives as a faint dot), standardise, add a channel."""
+def _preprocess_frames(env: gym.Env, size: int) -> gym.Env:
+    """Crop the playing field (rows 34-193), resize to `size` x `size` by area averaging (so
+    at 42 the 2-pixel ball survives as a faint dot), standardise, add a channel."""
     crop = gym.wrappers.TransformObservation(
         env,
         lambda frame: frame[34:194],
         gym.spaces.Box(0, 255, (160, 160), np.uint8),
     )
-    resized = gym.wrappers.ResizeObservation(crop, (FRAME_SIZE, FRAME_SIZE))
+    if size not in FRAME_SIZES:
+        raise ValueError(f"frame size {size} is not one of {FRAME_SIZES}")
+    resized = gym.wrappers.ResizeObservation(crop, (size, size))
     return gym.wrappers.TransformObservation(
         resized,
         lambda frame: standardize_frame(frame)[None],
-        gym.spaces.Box(-np.inf, np.inf, (1, FRAME_SIZE, FRAME_SIZE), np.float32),
+        gym.spaces.Box(-np.inf, np.inf, (1, size, size), np.float32),
     )
 
 
@@ -219,6 +225,7 @@ def make_env(
     reward_scale: str | None = None,
     gamma: float = 0.99,
     render_mode: str | None = None,
+    frame_size: int = FRAME_SIZE,
 ) -> gym.Env:
     """One environment for training (`training=True`) or for the evaluation protocol.
 
@@ -246,7 +253,7 @@ def make_env(
         if training:
             env = LifeLossSignal(env)
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
-        env = _preprocess_frames(env)
+        env = _preprocess_frames(env, frame_size)
     else:
         env = GameScore(gym.make(env_id, render_mode=render_mode), 1)
         env = _scale_by_bounds(env)
@@ -264,6 +271,7 @@ def make_vector_env(
     sticky_actions: float = 0.0,
     reward_scale: str | None = None,
     gamma: float = 0.99,
+    frame_size: int = FRAME_SIZE,
 ) -> SyncVectorEnv:
     """`num_envs` training envs stepped as a batch; a finished env resets in the same step
     (its last observation is in info['final_obs']) so every step yields a usable observation."""
@@ -276,15 +284,16 @@ def make_vector_env(
             sticky_actions=sticky_actions,
             reward_scale=reward_scale,
             gamma=gamma,
+            frame_size=frame_size,
         )
         for i in range(num_envs)
     ]
     return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
-def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:
+def env_spaces(env_id: str, frame_size: int = FRAME_SIZE) -> tuple[tuple[int, ...], int]:
     """(observation shape, number of actions) of the preprocessed env, for building models."""
-    env = make_env(env_id, 0, training=False)
+    env = make_env(env_id, 0, training=False, frame_size=frame_size)
     try:
         shape = env.observation_space.shape
         assert shape is not None and isinstance(env.action_space, gym.spaces.Discrete)

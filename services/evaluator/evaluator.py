@@ -52,14 +52,18 @@ class Evaluator:
     ) -> None:
         self.config = config
         self.metrics = metrics or evaluator_metrics()
-        obs_shape, n_actions = env_spaces(config.env)
+        obs_shape, n_actions = env_spaces(config.env, config.frame_size)
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
         # Atari's screen is read from the emulator; other envs draw one only in rgb_array mode
         # (which changes nothing else about them).
         render = None if is_atari(config.env) or not config.game_max_frames else "rgb_array"
         self.env = make_env(
-            config.env, evaluation_seed(config.seed, 0), training=False, render_mode=render
+            config.env,
+            evaluation_seed(config.seed, 0),
+            training=False,
+            render_mode=render,
+            frame_size=config.frame_size,
         )
         session = Session(
             f"evaluator-{config.resolved_worker_id}", config.shared_key(), config.max_message_bytes
@@ -261,6 +265,7 @@ class Evaluator:
             "frames": frames,
             "layout": self.layout,
             "env": self.config.env,
+            "frame_size": self.config.frame_size,
             "eval_scores": list(self._version_scores),
             "eval_mean": sum(self._version_scores) / len(self._version_scores),
             "eval_window_mean": window_mean,

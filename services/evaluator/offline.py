@@ -17,6 +17,7 @@ from common.config import Config
 from common.envs import (
     ATARI_FRAME_CAP,
     EVAL_STICKY_ACTIONS,
+    FRAME_SIZE,
     NOOP_MAX,
     env_spaces,
     is_atari,
@@ -34,14 +35,16 @@ log = logging.getLogger("evaluate")
 
 def load_policy(config: Config) -> tuple[ActorCritic, dict]:
     """The saved model behind `config.checkpoint`, ready to play; UsageError when there is
-    none or it does not fit `config.env`."""
+    none or it does not fit `config.env`. The frames it sees are the size it was trained on
+    (`state["frame_size"]`; 42 for files from before the setting)."""
     if config.checkpoint is None:
         raise UsageError("--checkpoint PATH is required")
     try:
         state = load_checkpoint(config.checkpoint, MODEL_KEYS)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    obs_shape, n_actions = env_spaces(config.env)
+    state["frame_size"] = int(state.get("frame_size", FRAME_SIZE))
+    obs_shape, n_actions = env_spaces(config.env, state["frame_size"])
     model = ActorCritic(obs_shape, n_actions)
     if state["layout"] != layout_digest(model):
         raise UsageError(
@@ -68,7 +71,12 @@ def evaluate_checkpoint(config: Config) -> dict:
     # evaluations side by side (the learning benchmark) then ran 10-30x slower.
     torch.set_num_threads(1)
     model, state = load_policy(config)
-    env = make_env(config.env, evaluation_seed(config.seed, 0), training=False)
+    env = make_env(
+        config.env,
+        evaluation_seed(config.seed, 0),
+        training=False,
+        frame_size=state["frame_size"],
+    )
     scores, frames = [], []
     started = time.time()
     for episode in range(config.episodes):

@@ -29,7 +29,11 @@ def record_game(config: Config) -> dict[str, Any]:
         raise UsageError("--out FILE.gif is required")
     model, state = load_policy(config)
     env = make_env(
-        config.env, evaluation_seed(config.seed, 0), training=False, render_mode="rgb_array"
+        config.env,
+        evaluation_seed(config.seed, 0),
+        training=False,
+        render_mode="rgb_array",
+        frame_size=state["frame_size"],
     )
     frames: list[Any] = []
 

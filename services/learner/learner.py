@@ -53,7 +53,7 @@ class Learner:
         self.metrics = metrics or learner_metrics()
         # First: CURVE settings that cannot work stop the start before anything is touched.
         curve = curve_server(config.curve_key_file, config.curve_clients_dir)
-        obs_shape, n_actions = env_spaces(config.env)
+        obs_shape, n_actions = env_spaces(config.env, config.frame_size)
         self.core = LearnerCore.create(ActorCritic(obs_shape, n_actions), config, self.metrics)
         self._last_publish = 0.0
         self._last_checkpoint = time.monotonic()
@@ -167,6 +167,7 @@ class Learner:
             "updates": core.version,
             "layout": core.layout,
             "env": self.config.env,
+            "frame_size": self.config.frame_size,
             "config": self.config.to_public_dict(),
             "algorithm_version": ALGORITHM_VERSION,
             "saved_at": time.time(),

@@ -56,7 +56,7 @@ class Worker:
         # Replicas share one config: each draws its own streams from its id.
         self.seed = worker_seed(config.seed, self.worker_id)
         torch.manual_seed(self.seed)
-        obs_shape, n_actions = env_spaces(config.env)
+        obs_shape, n_actions = env_spaces(config.env, config.frame_size)
         self.model = ActorCritic(obs_shape, n_actions)
         self.layout = layout_digest(self.model)
         self.envs = make_vector_env(
@@ -66,6 +66,7 @@ class Worker:
             config.train_sticky_actions,
             config.training_reward_scale,
             config.gamma,
+            config.frame_size,
         )
         session = Session(self.worker_id, config.shared_key(), config.max_message_bytes)
         self.link = LearnerLink(config, session, self.metrics, self.layout, self._load_weights)

@@ -23,6 +23,34 @@ def test_breakout_frames_are_42x42_standardised_by_the_frame_alone():
     assert frames_per_step("ALE/Breakout-v5") == 4
 
 
+def _ball_in_play(env, limit=200):
+    """Step NOOP until the ball is in the empty band below the bricks; its (row, column) on
+    the raw screen, and the observation."""
+    for _ in range(limit):
+        obs, *_ = env.step(0)
+        band = env.unwrapped.ale.getScreenGrayscale()[100:185, 8:152]
+        rows, cols = np.nonzero(band)
+        if len(rows):
+            return (rows.mean() + 100, cols.mean() + 8), obs
+    raise AssertionError("no ball in play")
+
+
+def test_breakout_frames_can_be_84x84_where_the_ball_keeps_more_contrast():
+    assert env_spaces("ALE/Breakout-v5", 84) == ((1, 84, 84), 4)
+    contrast = {}
+    for size in (42, 84):
+        env = make_env("ALE/Breakout-v5", 4, training=True, sticky_actions=0.0, frame_size=size)
+        env.reset(seed=4)
+        (row, col), obs = _ball_in_play(env)
+        assert obs.shape == (1, size, size)
+        y, x = round((row - 34) / 160 * size), round(col / 160 * size)
+        around = obs[0, y - 2 : y + 3, x - 2 : x + 3]
+        contrast[size] = float(around.max() - np.median(obs[0, y - 6 : y + 7, x - 6 : x + 7]))
+    assert contrast[84] > 1.5 * contrast[42] > 0.3
+    with pytest.raises(ValueError, match="frame size"):
+        make_env("ALE/Breakout-v5", 0, training=False, frame_size=64)
+
+
 def _play(env, action, until, limit=5000):
     """Step `action` until `until(terminated, truncated, info)`; the step count and info."""
     for steps in range(1, limit + 1):
