@@ -5,15 +5,18 @@
 #   make up OFFLINE=1             the same with no registry: base image by debootstrap, wheels
 #                                 from wheelhouse/, Prometheus from the host, no Grafana
 #   make down                     stop it (checkpoints stay in their volume; VOLUMES=1 drops them)
+#   make chaos                    the stack under 10 minutes of scheduled faults (bench/chaos.json)
+#   make chaos CHAOS_ARGS='--seconds 180 --seed 2'
 
 WORKERS ?= 8
+CHAOS_ARGS ?=
 IMAGE ?= a3c-breakout:latest
 OFFLINE ?=
 COMPOSE ?= docker compose
 COMPOSE_FILES := -f docker-compose.yml $(if $(OFFLINE),-f docker-compose.offline.yml)
 DEPLOY_SCRIPTS := deploy/scripts
 
-.PHONY: image up down logs test-compose env-example
+.PHONY: image up down logs test-compose chaos env-example
 
 ## Rewrite .env.example from common/config.py (a unit test keeps the two equal).
 env-example: setup
@@ -50,3 +53,8 @@ test-compose: setup
 	PYTHON=$(abspath $(BIN))/python $(DEPLOY_SCRIPTS)/test-compose.sh $(COMPOSE_TEST_ARGS)
 
 TEST_EXTRA += test-compose
+
+## The test-compose stack under a seeded schedule of faults for 10 minutes (bench/chaos.py):
+## kills, stops, partitions, a full disk, Prometheus restarts; writes bench/chaos.json.
+chaos: setup
+	PYTHON=$(abspath $(BIN))/python $(DEPLOY_SCRIPTS)/chaos.sh $(CHAOS_ARGS)
