@@ -29,7 +29,8 @@ import psutil
 import zmq
 
 from common.config import load_config
-from services.local.launcher import Child, LocalCluster
+from services.local.launcher import LocalCluster
+from services.local.process import Child
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.local.launcher import Child, free_port, service_args
+from services.local.process import Child, free_port, service_args
 
 __all__ = [
     "REPO",

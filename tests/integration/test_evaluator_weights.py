@@ -7,7 +7,7 @@ import time
 from common.config import load_config
 from services.evaluator.evaluator import POLL_EVERY_STEPS, Evaluator
 from services.learner.learner import Learner
-from services.local.launcher import free_port
+from services.local.process import free_port
 
 
 def test_broadcasts_during_a_game_are_kept_for_the_next_one(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 from common.samples import scrape
 from services.learner.learner import Learner
-from services.local.launcher import service_args
+from services.local.process import service_args
 from tests.conftest import Cluster, Service, free_port, http_status
 from tests.integration.test_learner_state import close, make_learner
 

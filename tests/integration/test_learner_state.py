@@ -4,7 +4,7 @@ import torch
 
 from common.config import load_config
 from services.learner.learner import Learner
-from services.local.launcher import free_port
+from services.local.process import free_port
 
 
 def make_learner(tmp_path, **values):
