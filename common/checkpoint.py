@@ -97,6 +97,7 @@ EXPORT_KEYS = (
     "layout",
     "env",
     "frame_size",
+    "memory_reset",
     "algorithm_version",
     "eval_mean",
     "eval_scores",

@@ -27,6 +27,7 @@ EvalPolicy = Literal["greedy", "sample"]
 LogFormat = Literal["text", "json"]
 RewardScale = Literal["return_std", "return_rms"]
 OptimizerName = Literal["adam", "rmsprop"]
+MemoryReset = Literal["game", "life"]
 
 
 class ConfigError(UsageError):
@@ -73,6 +74,12 @@ class Config(BaseSettings):
     (the DQN input; Breakout's 2-pixel ball keeps about twice its contrast, and the encoder's
     four stride-2 convolutions give 1,152 features instead of 288). Learner, workers and
     evaluator must agree; a model file remembers its own."""
+    memory_reset: MemoryReset = "game"
+    """When the LSTM's memory is zeroed: at the end of each game ("game": it spans all lives, and
+    a lost life only ends the return), or also at every lost life ("life", as the life-loss
+    episodes of DQN-style training do), in training and evaluation alike, so the evaluated
+    policy runs on the memory states training produced. Learner, workers and evaluator must
+    agree; a model file remembers its own."""
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     gae_lambda: float = Field(1.0, ge=0.0, le=1.0)
     """GAE lambda; 1.0 gives the classic n-step return advantage."""
@@ -301,19 +308,19 @@ _SERVICE = _names(
 )
 """What every service reads: its sessions' limits and key, and `start_service`'s settings."""
 _LEARNER = _names(
-    "env frame_size lr optimizer optimizer_eps host port checkpoint_dir init_from"
+    "env frame_size memory_reset lr optimizer optimizer_eps host port checkpoint_dir init_from"
     " checkpoint_interval keep_checkpoints"
     " max_staleness publish_interval heartbeat_interval weights_dtype curve_clients_dir"
 )
 _WORKER = _names(
-    "env frame_size seed train_sticky_actions n_steps num_envs gamma gae_lambda entropy_coef"
-    " value_coef max_grad_norm normalize_advantages normalize_rewards reward_scale grad_dtype"
-    " sync_interval max_inflight learner worker_id learner_timeout heartbeat_interval"
+    "env frame_size memory_reset seed train_sticky_actions n_steps num_envs gamma gae_lambda"
+    " entropy_coef value_coef max_grad_norm normalize_advantages normalize_rewards reward_scale"
+    " grad_dtype sync_interval max_inflight learner worker_id learner_timeout heartbeat_interval"
     " curve_server_key_file"
 )
 _EVALUATOR = _names(
-    "env frame_size seed learner worker_id eval_window eval_interval eval_policy eval_log"
-    " best_model_path curve_server_key_file"
+    "env frame_size memory_reset seed learner worker_id eval_window eval_interval eval_policy"
+    " eval_log best_model_path curve_server_key_file"
 )
 _WATCH = _names("game_max_frames page_links tensorboard_dir")
 """The evaluator's page and TensorBoard scalars; `a3c run` also writes the learner's."""

@@ -35,11 +35,14 @@ def play_episode(
     seed: int | None = None,
     stop: threading.Event | None = None,
     on_step: Callable[[float], None] | None = None,
+    memory_reset: str = "game",
 ) -> EpisodeResult | None:
     """One full episode; None if `stop` was set before it ended. `on_step` is called after
-    every step with the score so far (for recording)."""
-    obs, _ = env.reset(seed=seed)
+    every step with the score so far (for recording). With `memory_reset="life"` the LSTM
+    state is zeroed after every lost life (`info["lives"]` falls), as training did."""
+    obs, info = env.reset(seed=seed)
     state = model.initial_state(1)
+    lives = info.get("lives")
     generator = torch.Generator().manual_seed(seed or 0)
     score, steps = 0.0, 0
     value_sum = value_square_sum = 0.0
@@ -56,6 +59,9 @@ def play_episode(
         steps += 1
         if on_step is not None:
             on_step(score)
+        if memory_reset == "life" and lives is not None and info.get("lives", lives) < lives:
+            state = model.initial_state(1)
+        lives = info.get("lives", lives)
         if terminated or truncated:
             score = float(info.get("game_score", score))
             frames = int(info["game_frames"])

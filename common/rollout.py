@@ -36,8 +36,9 @@ class RolloutRunner:
     """Plays rollouts in `envs` (built by common.envs.make_vector_env).
 
     Two kinds of boundary: a game that ends (terminated or truncated) resets the env and the
-    LSTM state; a lost life (`info["life_lost"]`, training only) ends the return but nothing
-    else, so the LSTM sees a game the way the evaluator plays it."""
+    LSTM state; a lost life (`info["life_lost"]`, training only) ends the return, and with
+    `memory_reset="life"` zeroes the LSTM state too; either way the LSTM sees a game the way
+    the evaluator plays it (common.evaluation does the same)."""
 
     def __init__(self, model: ActorCritic, envs: VectorEnv, config: Config, seed: int) -> None:
         self.model = model
@@ -77,7 +78,8 @@ class RolloutRunner:
             actions_t.append(action)
             rewards_t.append(reward_t)
             dones_t.append(torch.as_tensor(return_ends, dtype=torch.float32))
-            keep = torch.as_tensor(~game_over, dtype=torch.float32).unsqueeze(-1)
+            forget = return_ends if config.memory_reset == "life" else game_over
+            keep = torch.as_tensor(~forget, dtype=torch.float32).unsqueeze(-1)
             h, c = h * keep, c * keep
             self.obs = torch.as_tensor(obs)
             seconds["forward"] += t1 - t0

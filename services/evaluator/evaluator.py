@@ -184,6 +184,7 @@ class Evaluator:
             seed=evaluation_seed(self.config.seed, self.episodes),
             stop=stop,
             on_step=self._during_game,
+            memory_reset=self.config.memory_reset,
         )
         if result is None:
             self.gallery.discard()
@@ -266,6 +267,7 @@ class Evaluator:
             "layout": self.layout,
             "env": self.config.env,
             "frame_size": self.config.frame_size,
+            "memory_reset": self.config.memory_reset,
             "eval_scores": list(self._version_scores),
             "eval_mean": sum(self._version_scores) / len(self._version_scores),
             "eval_window_mean": window_mean,

@@ -36,7 +36,8 @@ log = logging.getLogger("evaluate")
 def load_policy(config: Config) -> tuple[ActorCritic, dict]:
     """The saved model behind `config.checkpoint`, ready to play; UsageError when there is
     none or it does not fit `config.env`. The frames it sees are the size it was trained on
-    (`state["frame_size"]`; 42 for files from before the setting)."""
+    (`state["frame_size"]`; 42 for files from before the setting), and its memory is reset
+    as it was in training (`state["memory_reset"]`; "game" before the setting)."""
     if config.checkpoint is None:
         raise UsageError("--checkpoint PATH is required")
     try:
@@ -44,6 +45,7 @@ def load_policy(config: Config) -> tuple[ActorCritic, dict]:
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     state["frame_size"] = int(state.get("frame_size", FRAME_SIZE))
+    state["memory_reset"] = str(state.get("memory_reset", "game"))
     obs_shape, n_actions = env_spaces(config.env, state["frame_size"])
     model = ActorCritic(obs_shape, n_actions)
     if state["layout"] != layout_digest(model):
@@ -81,7 +83,12 @@ def evaluate_checkpoint(config: Config) -> dict:
     started = time.time()
     for episode in range(config.episodes):
         result = play_episode(
-            model, env, config.env, config.eval_policy, seed=evaluation_seed(config.seed, episode)
+            model,
+            env,
+            config.env,
+            config.eval_policy,
+            seed=evaluation_seed(config.seed, episode),
+            memory_reset=state["memory_reset"],
         )
         assert result is not None
         scores.append(result.score)

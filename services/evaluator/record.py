@@ -48,6 +48,7 @@ def record_game(config: Config) -> dict[str, Any]:
         config.eval_policy,
         seed=evaluation_seed(config.seed, 0),
         on_step=capture,
+        memory_reset=state["memory_reset"],
     )
     env.close()
     assert result is not None

@@ -168,6 +168,7 @@ class Learner:
             "layout": core.layout,
             "env": self.config.env,
             "frame_size": self.config.frame_size,
+            "memory_reset": self.config.memory_reset,
             "config": self.config.to_public_dict(),
             "algorithm_version": ALGORITHM_VERSION,
             "saved_at": time.time(),

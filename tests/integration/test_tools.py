@@ -130,15 +130,21 @@ def test_export_ships_a_float16_model_without_optimizer_state(tmp_path):
     assert missing.returncode == 2 and "unreadable" in missing.stderr
 
 
-def test_a_model_file_plays_on_the_frame_size_it_was_trained_on(tmp_path):
+def test_a_model_file_plays_on_the_frame_size_and_memory_it_was_trained_with(tmp_path):
     from common.config import load_config
     from services.evaluator.offline import evaluate_checkpoint, load_policy
 
     model = ActorCritic(*env_spaces("ALE/Breakout-v5", 84))
     path = tmp_path / "model84.pt"
-    state = {"model": model.state_dict(), "layout": layout_digest(model), "frame_size": 84}
+    state = {
+        "model": model.state_dict(),
+        "layout": layout_digest(model),
+        "frame_size": 84,
+        "memory_reset": "life",
+    }
     atomic_save(path, {**state, "env": "ALE/Breakout-v5"})
     config = load_config({"checkpoint": path, "episodes": 1, "out": tmp_path / "e.json"})
     loaded, saved = load_policy(config)  # no --frame-size: the file says 84
     assert loaded.obs_shape == (1, 84, 84) and saved["frame_size"] == 84
+    assert saved["memory_reset"] == "life"
     assert evaluate_checkpoint(config)["episodes"] == 1

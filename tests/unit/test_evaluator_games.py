@@ -131,3 +131,32 @@ def test_a_game_reports_how_much_the_critics_value_moved():
         assert result is not None and result.steps > 1
         spreads[name] = result.value_spread
     assert spreads["flat"] < 1e-6 < spreads["working"]
+
+
+@pytest.mark.parametrize("memory_reset", ["game", "life"])
+def test_evaluation_resets_the_memory_where_training_did(memory_reset):
+    """A game of Breakout: with memory_reset "life" every step after a lost life starts from
+    zeroed LSTM memory, as training's rollouts do; with "game" memory spans all lives."""
+    from common.envs import env_spaces, make_env
+    from common.evaluation import play_episode
+    from common.model import ActorCritic
+
+    torch.manual_seed(0)
+    model = ActorCritic(*env_spaces("ALE/Breakout-v5"))
+    env = make_env("ALE/Breakout-v5", 5, training=False)
+    zeroed_states, steps = [], [0]
+    original = model.forward
+
+    def spy(obs, state):
+        steps[0] += 1
+        if steps[0] > 1 and float(state[0].abs().sum()) == 0.0:
+            zeroed_states.append(steps[0])
+        return original(obs, state)
+
+    model.forward = spy  # type: ignore[method-assign]
+    result = play_episode(
+        model, env, "ALE/Breakout-v5", "sample", seed=5, memory_reset=memory_reset
+    )
+    assert result is not None
+    # 5 lives: 4 are lost before the last one ends the game.
+    assert len(zeroed_states) == (4 if memory_reset == "life" else 0)

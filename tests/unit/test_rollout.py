@@ -78,6 +78,19 @@ def test_a_lost_life_ends_the_return_but_not_the_lstm_memory_and_a_game_end_ends
     assert result.frames == 2 * 4 * 3 + 5
 
 
+def test_with_memory_reset_life_a_lost_life_also_zeroes_the_lstm_memory():
+    config = Config(env="CartPole-v1", n_steps=4, num_envs=2, memory_reset="life")
+    envs = SyncVectorEnv(
+        [lambda: LivesGame(100, (4,)), lambda: LivesGame(100, ())],
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    runner = RolloutRunner(ActorCritic((2,), 2), envs, config, seed=0)
+    runner.run()
+    h, c = runner.state
+    assert h[0].abs().sum() == 0 and c[0].abs().sum() == 0, "memory reset at the lost life"
+    assert h[1].abs().sum() > 0, "an env that lost nothing keeps its memory"
+
+
 def test_the_return_stops_at_a_lost_life(monkeypatch):
     captured = {}
 
