@@ -1,10 +1,11 @@
 """Kubernetes rules for every rendered resource, beyond what a schema can see.
 
 Each check takes all the resources of one kustomization and returns problems as
-"Kind/name: what is wrong": limits and requests, probes, non-root and no privileges (the
-`restricted` Pod Security level), pinned images, conventional labels, one namespace, and
-references that resolve (ConfigMaps, claims, Services to pods, an autoscaler to its target).
-The A3C-specific wiring is in a3c_policy.py.
+"Kind/name: what is wrong": conventional labels, one namespace, requests within limits, no
+hostPath volumes, and references that resolve (ConfigMaps, claims, Services to pods, an
+autoscaler to its target). The generic pod checks (probes, requests and limits, pinned
+images, non-root and no privileges: the `restricted` Pod Security level) are checkov's
+(checkov_policy.py); the A3C-specific wiring is in a3c_policy.py.
 """
 
 from __future__ import annotations
@@ -115,22 +116,6 @@ def check_namespace(r: Resources) -> list[str]:
     return problems
 
 
-def check_images(r: Resources) -> list[str]:
-    problems = []
-    for pod in r.pods:
-        for c in containers(pod):
-            image = c.get("image", "")
-            last = image.rsplit("/", 1)[-1]
-            if "@sha256:" in image:
-                continue
-            if ":" not in last or last.endswith(":latest"):
-                problems.append(
-                    f"{pod.name}: container {c['name']}: image {image!r} must be "
-                    "pinned to a tag other than latest (or a digest)"
-                )
-    return problems
-
-
 _UNITS = {
     "m": 1e-3,
     "k": 1e3,
@@ -152,14 +137,11 @@ def quantity(value: str | int | float) -> float:
 
 
 def check_resources(r: Resources) -> list[str]:
+    """A request above its limit (that requests and limits are set is checkov's check)."""
     problems = []
     for pod in r.pods:
         for c in containers(pod):
             res = c.get("resources", {})
-            for kind in ("requests", "limits"):
-                missing = [x for x in ("cpu", "memory") if x not in res.get(kind, {})]
-                if missing:
-                    problems.append(f"{pod.name}: container {c['name']}: no {kind} for {missing}")
             for x in ("cpu", "memory"):
                 req, lim = res.get("requests", {}).get(x), res.get("limits", {}).get(x)
                 if req is not None and lim is not None and quantity(req) > quantity(lim):
@@ -170,46 +152,13 @@ def check_resources(r: Resources) -> list[str]:
     return problems
 
 
-def check_probes(r: Resources) -> list[str]:
-    problems = []
-    for pod in r.pods:
-        if pod.owner["kind"] in ("Job", "CronJob"):
-            continue
-        for c in containers(pod, init=False):
-            missing = [p for p in ("livenessProbe", "readinessProbe") if p not in c]
-            if missing:
-                problems.append(f"{pod.name}: container {c['name']}: no {' or '.join(missing)}")
-    return problems
-
-
-def check_security(r: Resources) -> list[str]:
-    problems = []
-    for pod in r.pods:
-        pod_sc = pod.spec.get("securityContext", {})
-        for flag in ("hostNetwork", "hostPID", "hostIPC"):
-            if pod.spec.get(flag):
-                problems.append(f"{pod.name}: {flag} must not be set")
-        if any("hostPath" in v for v in pod.spec.get("volumes", [])):
-            problems.append(f"{pod.name}: hostPath volumes are not allowed")
-        for c in containers(pod):
-            sc = c.get("securityContext", {})
-            effective = {**pod_sc, **sc}  # a container's setting overrides the pod's
-            where = f"{pod.name}: container {c['name']}"
-            if effective.get("runAsNonRoot") is not True or effective.get("runAsUser") == 0:
-                problems.append(f"{where}: must run as non-root (runAsNonRoot: true)")
-            if sc.get("allowPrivilegeEscalation") is not False:
-                problems.append(f"{where}: needs allowPrivilegeEscalation: false")
-            if sc.get("privileged"):
-                problems.append(f"{where}: must not be privileged")
-            if sc.get("readOnlyRootFilesystem") is not True:
-                problems.append(f"{where}: needs readOnlyRootFilesystem: true")
-            caps = sc.get("capabilities", {})
-            if "ALL" not in caps.get("drop", []) or caps.get("add"):
-                problems.append(f"{where}: must drop ALL capabilities and add none")
-            seccomp = effective.get("seccompProfile", {}).get("type")
-            if seccomp not in ("RuntimeDefault", "Localhost"):
-                problems.append(f"{where}: needs seccompProfile RuntimeDefault")
-    return problems
+def check_host_paths(r: Resources) -> list[str]:
+    """No hostPath volumes (checkov checks only the docker socket among them)."""
+    return [
+        f"{pod.name}: hostPath volumes are not allowed"
+        for pod in r.pods
+        if any("hostPath" in v for v in pod.spec.get("volumes", []))
+    ]
 
 
 def check_references(r: Resources) -> list[str]:
@@ -305,10 +254,8 @@ def check_services(r: Resources) -> list[str]:
 CHECKS: tuple[Callable[[Resources], list[str]], ...] = (
     check_labels,
     check_namespace,
-    check_images,
     check_resources,
-    check_probes,
-    check_security,
+    check_host_paths,
     check_references,
     check_services,
 )

@@ -4,14 +4,15 @@ No cluster runs here, so correctness comes from three layers, each run on what
 `kubectl kustomize` renders (exactly what `kubectl apply -k` would send):
 1. strict schema validation against Kubernetes 1.32 (PyPI's kubernetes-validate: wrong
    types, missing required fields, misspelled fields, unknown kinds or API versions);
-2. the project's policies: limits, probes, non-root, labels, pinned images (k8s_policy.py),
+2. policies: the generic pod checks from checkov (limits, probes, non-root, pinned images:
+   checkov_policy.py), what checkov does not check (labels, references: k8s_policy.py),
    and the wiring between the services (a3c_policy.py: ports, the learner address, the
    checkpoint volume, A3C_* settings that the services' own config accepts);
 3. the monitoring sources shared with compose: alert rules and the PromQL of every dashboard
    panel through promtool, metric names against common/metrics.py, and the copies Kubernetes
    makes of them (ConfigMaps, PrometheusRule) against the files.
 
-Usage: python k8s/validate.py [--promtool PATH] [KUSTOMIZATION_DIR ...]
+Usage: python k8s/validate.py [--promtool PATH] [--checkov PATH] [KUSTOMIZATION_DIR ...]
        (default: k8s/base and every k8s/overlays/*; exit 1 listing every problem)
        python k8s/validate.py --sync-rules   rewrites the PrometheusRule from alerts.yml
 """
@@ -32,6 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import a3c_policy  # sibling files: k8s/ is not a package
+import checkov_policy
 import k8s_policy
 
 K8S = Path(__file__).resolve().parent
@@ -95,18 +97,27 @@ def schema_problems(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def validate_kustomization(directory: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def validate_kustomization(
+    directory: Path, checkov: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Render, then schemas and policies; checkov's checks run where `checkov` (default:
+    checkov_policy.find_checkov()) is found."""
     """Render one kustomization and return (resources, problems)."""
     try:
         docs = render(directory)
     except ValueError as error:
         return [], [str(error)]
-    return docs, schema_problems(docs) + policy_problems(docs)
+    return docs, schema_problems(docs) + policy_problems(docs, checkov or CHECKOV)
 
 
-def policy_problems(docs: list[dict[str, Any]]) -> list[str]:
+CHECKOV = checkov_policy.find_checkov()
+
+
+def policy_problems(docs: list[dict[str, Any]], checkov: str | None = None) -> list[str]:
     resources = k8s_policy.Resources(docs)
     problems = k8s_policy.check(resources) + a3c_policy.check(resources, monitoring_sources())
+    if checkov is not None:
+        problems += checkov_policy.check(docs, checkov)
     return list(dict.fromkeys(problems))  # one line per problem, in order
 
 
@@ -293,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         help="promtool binary (default: PATH, then build/k8s-tools; checks skipped if none)",
     )
     parser.add_argument(
+        "--checkov",
+        default=CHECKOV,
+        help="checkov binary (default: PATH, then build/k8s-tools/checkov; skipped if none)",
+    )
+    parser.add_argument(
         "--sync-rules",
         action="store_true",
         help="rewrite the PrometheusRule from alerts.yml and exit",
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for target in args.targets or default_targets():
         start = time.monotonic()
-        docs, problems = validate_kustomization(target)
+        docs, problems = validate_kustomization(target, args.checkov)
         label = (
             target.resolve().relative_to(ROOT) if target.resolve().is_relative_to(ROOT) else target
         )
@@ -316,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"  - {problem}")
         else:
+            linted = "checkov and project policies" if args.checkov else "policies (no checkov)"
             print(
                 f"ok   {label}: {len(docs)} resources pass Kubernetes {KUBERNETES_VERSION} "
-                f"strict schemas and policies ({time.monotonic() - start:.1f} s)"
+                f"strict schemas, {linted} ({time.monotonic() - start:.1f} s)"
             )
     if not args.targets:
         problems = source_problems(args.promtool)
