@@ -337,7 +337,7 @@ class ChaosStack:
     def loadable_versions(self) -> list[int]:
         """Versions of the checkpoints on the disk that load, newest first."""
         versions = []
-        for path in reversed(list_checkpoints(self.checkpoint_dir)):
+        for path in list_checkpoints(self.checkpoint_dir):  # newest first
             try:
                 state = load_checkpoint(path)
             except (ValueError, OSError):  # corrupt, half-written or pruned meanwhile
@@ -431,6 +431,9 @@ class Chaos:
         self.stop = threading.Event()
         self.alerts: dict[str, dict[str, float | None]] = {}
         self.harness_errors: list[str] = []
+        self.busy: set[str] = set()
+        """Workers under a fault of the peers' lane that has not healed yet: a learner fault's
+        recovery does not wait for them (their own fault's recovery does)."""
         self.deaths = DeathWatch(chaos.stack.project)
 
     def now(self) -> float:
@@ -477,7 +480,9 @@ class Chaos:
 
         def advanced() -> bool:
             running = {w["id"]: w for w in self.c.containers("worker")}
-            for worker_id in ids or list(running):
+            with self.lock:
+                others = set() if ids else set(self.busy)
+            for worker_id in ids or [i for i in running if i not in others]:
                 if worker_id not in running:
                     return False
                 value = self.c.value(worker_id, "a3c_worker_gradients_acked_total")
@@ -503,6 +508,7 @@ class Chaos:
     # --- faults -----------------------------------------------------------------------------
     def inject(self, kind: str) -> None:
         fault = Fault(kind, "", round(self.now(), 1))
+        self.local.held = []
         handler = getattr(self, f"_{kind}")
         before_eval = self.evaluator_version()
         try:
@@ -514,6 +520,8 @@ class Chaos:
         fault.ended_s = round(self.now(), 1)
         took = self.wait(heal, RECOVERY_LIMIT_S)
         fault.recovered_s = None if took is None else round(took, 1)
+        with self.lock:
+            self.busy.difference_update(self.local.held)
         self.check(
             "recovered_within_limit",
             took is not None,
@@ -540,7 +548,14 @@ class Chaos:
         workers = self.c.containers("worker")
         if not workers:
             raise RuntimeError("no running worker")
-        return self.local.rng.choice(workers)
+        return self._hold([self.local.rng.choice(workers)])[0]
+
+    def _hold(self, victims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Mark workers as under this lane's fault until `inject` sees it healed."""
+        with self.lock:
+            self.busy.update(v["id"] for v in victims)
+            self.local.held = [v["id"] for v in victims]
+        return victims
 
     def _kill(self, container: dict[str, Any]) -> None:
         self.deaths.expect(container["name"])
@@ -578,7 +593,7 @@ class Chaos:
 
     def _workers_partition(self, fault: Fault) -> Callable[[], bool]:
         workers = self.c.containers("worker")
-        victims = self.local.rng.sample(workers, min(3, len(workers)))
+        victims = self._hold(self.local.rng.sample(workers, min(3, len(workers))))
         self._partition(fault, victims, 45)
         ids = [v["id"] for v in victims]
         return self.workers_advance(self.acked(ids), ids)
@@ -667,7 +682,7 @@ class Chaos:
             paths = list_checkpoints(self.c.checkpoint_dir)
             if not paths:
                 raise RuntimeError("no checkpoint to corrupt yet")
-            newest = paths[-1]
+            newest = paths[0]  # list_checkpoints: newest first
             data = newest.read_bytes()
             newest.write_bytes(data[: len(data) // 2])
             fault.detail["corrupted"] = newest.name
@@ -750,6 +765,9 @@ class Chaos:
                 say(f"{kind}: harness error {type(error).__name__}: {error}")
                 with self.lock:
                     self.harness_errors.append(f"{kind} at {self.now():.0f}s: {error!r}")
+            finally:
+                with self.lock:
+                    self.busy.difference_update(getattr(self.local, "held", []))
 
     def watch_alerts(self) -> None:
         while not self.stop.is_set():
@@ -792,7 +810,7 @@ class Chaos:
         for kind, alert in EXPECTED_ALERTS.items():
             if kind in kinds:
                 self.check("expected_alerts_fired", alert in self.alerts, f"{alert} never fired")
-        say(f"alerts settled after {settled}s" if settled is not None else "alerts did not settle")
+        say("alerts did not settle" if settled is None else f"alerts settled after {settled:.0f}s")
 
 
 def start_stack(
