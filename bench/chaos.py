@@ -517,9 +517,10 @@ class Chaos:
             fault.detail["error"] = str(error)
             say(f"{kind}: could not inject ({error})")
             return
-        fault.ended_s = round(self.now(), 1)
+        if fault.ended_s is None:  # a kill ends at the kill: a restart is part of the recovery
+            fault.ended_s = round(self.now(), 1)
         took = self.wait(heal, RECOVERY_LIMIT_S)
-        fault.recovered_s = None if took is None else round(took, 1)
+        fault.recovered_s = None if took is None else round(self.now() - fault.ended_s, 1)
         with self.lock:
             self.busy.difference_update(self.local.held)
         self.check(
@@ -557,15 +558,16 @@ class Chaos:
             self.local.held = [v["id"] for v in victims]
         return victims
 
-    def _kill(self, container: dict[str, Any]) -> None:
+    def _kill(self, container: dict[str, Any], fault: Fault) -> None:
         self.deaths.expect(container["name"])
         if not self.c.signal(container["id"], signal.SIGKILL):
             raise RuntimeError(f"no process in {container['name']}")
+        fault.ended_s = round(self.now(), 1)
 
     def _worker_kill(self, fault: Fault) -> Callable[[], bool]:
         victim = self._pick_worker()
         fault.target = victim["name"]
-        self._kill(victim)
+        self._kill(victim, fault)
         return self.workers_advance({}, [victim["id"]])
 
     def _worker_stop(self, fault: Fault) -> Callable[[], bool]:
@@ -604,7 +606,7 @@ class Chaos:
             raise RuntimeError("no evaluator running")
         fault.target = evaluator["name"]
         before = self.evaluator_version()
-        self._kill(evaluator)
+        self._kill(evaluator, fault)
         return lambda: self.evaluator_version() > max(before, 0.0)
 
     def _evaluator_partition(self, fault: Fault) -> Callable[[], bool]:
@@ -666,7 +668,7 @@ class Chaos:
             raise RuntimeError("no learner running")
         fault.target = learner["name"]
         before = self.c.metrics(learner["id"])
-        self._kill(learner)
+        self._kill(learner, fault)
         time.sleep(0.5)  # the dead process writes nothing more
         newest = self.c.loadable_versions()
         return self._restart_check(fault, newest[0] if newest else 0, before)
@@ -687,7 +689,7 @@ class Chaos:
             newest.write_bytes(data[: len(data) // 2])
             fault.detail["corrupted"] = newest.name
         finally:
-            self._kill(learner)
+            self._kill(learner, fault)
         time.sleep(0.5)
         loadable = self.c.loadable_versions()
         return self._restart_check(fault, loadable[0] if loadable else 0, before)
@@ -717,7 +719,10 @@ class Chaos:
             during = self.c.metrics(learner["id"])
         finally:
             filler.unlink()
-        failures = lambda page: page.get("a3c_learner_checkpoint_failures_total") if page else 0.0  # noqa: E731
+
+        def failures(page: Samples | None) -> float:
+            return page.get("a3c_learner_checkpoint_failures_total", stage="write") if page else 0.0
+
         still = self.c.one("learner")
         self.check(
             "full_disk_counted",
@@ -796,8 +801,12 @@ class Chaos:
         watcher.start()
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                time.sleep(1)  # not join(): Ctrl-C and SIGTERM must reach this thread
+        except BaseException:
+            self.stop.set()
+            raise
         # Every alert that fired must resolve once the faults are over.
         settled = self.wait(
             lambda: all(a["resolved_s"] is not None for a in self.alerts.values()), 240, 5
@@ -902,6 +911,10 @@ def run(
     return result
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0)
@@ -911,6 +924,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos.json")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "chaos")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: tear the stack down
     return run(args.seconds, args.seed, args.time_factor, args.image, args.out, args.work)
 
 

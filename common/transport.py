@@ -36,6 +36,20 @@ HIGH_WATER_MARK = 64
 LINGER_MS = 500
 
 
+BROADCAST_HEARTBEAT_MS = 2000
+"""ZMTP heartbeats on the weight broadcast, both ends: a connection that died without a word (a
+network partition, a peer frozen or gone) is dropped after 3 silent intervals, and the
+subscriber reconnects. Without them a cut-off evaluator heard no weights again until the
+kernel's TCP timeout, many minutes later (found by `make chaos`). The gradient socket has the
+application's own heartbeats (services.worker.link)."""
+
+
+def _heartbeat(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, BROADCAST_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * BROADCAST_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * BROADCAST_HEARTBEAT_MS)
+
+
 def _tune(sock: zmq.Socket, max_bytes: int) -> None:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
@@ -326,6 +340,7 @@ class Publisher:
         self.sock: zmq.Socket = context.socket(zmq.PUB)
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.SNDHWM, 2)
+        _heartbeat(self.sock)
         self.handshakes = _secure_server(self.sock, context, curve)
         self.sock.bind(f"tcp://{host}:{port}")
 
@@ -414,6 +429,7 @@ class Subscriber:
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.RCVHWM, 2)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        _heartbeat(self.sock)
         if curve is not None:
             curve.apply(self.sock)
         self.sock.connect(f"tcp://{host}:{port}")
