@@ -36,18 +36,14 @@ HIGH_WATER_MARK = 64
 LINGER_MS = 500
 
 
-BROADCAST_HEARTBEAT_MS = 2000
-"""ZMTP heartbeats on the weight broadcast, both ends: a connection that died without a word (a
-network partition, a peer frozen or gone) is dropped after 3 silent intervals, and the
-subscriber reconnects. Without them a cut-off evaluator heard no weights again until the
-kernel's TCP timeout, many minutes later (found by `make chaos`). The gradient socket has the
-application's own heartbeats (services.worker.link)."""
-
-
-def _heartbeat(sock: zmq.Socket) -> None:
-    sock.setsockopt(zmq.HEARTBEAT_IVL, BROADCAST_HEARTBEAT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * BROADCAST_HEARTBEAT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * BROADCAST_HEARTBEAT_MS)
+BROADCAST_SILENCE_S = 10.0
+"""A subscriber that has heard no broadcast for this long opens a new connection. The learner
+publishes every `publish_interval` (1 s) whether or not the model changed, so silence means a
+connection that died without a word (a network partition, a frozen or vanished learner);
+without this a cut-off evaluator heard no weights again until the kernel's TCP timeout, many
+minutes later (found by `make chaos`). Not ZMTP heartbeats (ZMQ_HEARTBEAT_IVL): with a small
+receive high-water mark, as here, libzmq 4.3 aborts on an assertion (`_input_stopped`) when
+a heartbeat resets a stalled connection, which `make chaos` also hit."""
 
 
 def _tune(sock: zmq.Socket, max_bytes: int) -> None:
@@ -340,7 +336,6 @@ class Publisher:
         self.sock: zmq.Socket = context.socket(zmq.PUB)
         _tune(self.sock, session.max_bytes)
         self.sock.setsockopt(zmq.SNDHWM, 2)
-        _heartbeat(self.sock)
         self.handshakes = _secure_server(self.sock, context, curve)
         self.sock.bind(f"tcp://{host}:{port}")
 
@@ -419,25 +414,47 @@ class DealerClient:
 
 
 class Subscriber:
-    """Evaluator side: keeps only the newest broadcast (older ones are skipped)."""
+    """Evaluator side: keeps only the newest broadcast (older ones are skipped), and opens a
+    new connection after `silence_s` without one (BROADCAST_SILENCE_S)."""
 
     def __init__(
-        self, session: Session, host: str, port: int, curve: CurveClient | None = None
+        self,
+        session: Session,
+        host: str,
+        port: int,
+        curve: CurveClient | None = None,
+        silence_s: float = BROADCAST_SILENCE_S,
     ) -> None:
         self.session = session
-        self.sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
-        _tune(self.sock, session.max_bytes)
-        self.sock.setsockopt(zmq.RCVHWM, 2)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        _heartbeat(self.sock)
-        if curve is not None:
-            curve.apply(self.sock)
-        self.sock.connect(f"tcp://{host}:{port}")
+        self.endpoint = f"tcp://{host}:{port}"
+        self.curve = curve
+        self.silence_s = silence_s
+        self.reconnects = 0
+        """New connections opened after a silence."""
+        self.sock = self._connect()
+        self._heard = time.monotonic()
+
+    def _connect(self) -> zmq.Socket:
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
+        _tune(sock, self.session.max_bytes)
+        sock.setsockopt(zmq.RCVHWM, 2)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.endpoint)
+        return sock
 
     def recv_newest(self, timeout_ms: int) -> Received | None:
         """Wait up to `timeout_ms` for a broadcast, then drain to the newest one."""
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            if time.monotonic() - self._heard > self.silence_s:
+                self.sock.close(linger=0)
+                self.sock = self._connect()
+                self._heard = time.monotonic()
+                self.reconnects += 1
+                log.info("no weight broadcast for %.0fs: reconnecting", self.silence_s)
             return None
+        self._heard = time.monotonic()
         frames = self.sock.recv_multipart(copy=False)
         while self.sock.poll(0, zmq.POLLIN):
             frames = self.sock.recv_multipart(copy=False)

@@ -106,35 +106,26 @@ def test_a_killed_learner_is_noticed_within_a_few_intervals_and_its_successor_jo
     assert lost(worker, "timeout") == 0
 
 
-def test_a_subscriber_drops_a_frozen_broadcast_within_a_few_heartbeats_and_hears_it_again(
-    cluster,
-):
-    """The weight broadcast has ZMTP heartbeats both ways: a learner that goes silent without
-    closing its socket (here SIGSTOP; a network partition looks the same) costs the evaluator's
-    subscription its connection within 3 heartbeats, and it reconnects once the learner is
-    back, instead of waiting on a dead TCP connection for the kernel's timeout."""
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
-
+def test_a_subscriber_reconnects_after_a_silent_broadcast_and_hears_it_again(cluster):
+    """The learner broadcasts every second, so silence means a dead connection (a learner
+    frozen by SIGSTOP here; a network partition looks the same): the subscriber opens a new
+    one after its silence window instead of waiting on a dead TCP connection for the
+    kernel's timeout, and hears the learner again once it is back."""
     from common.protocol import Session
-    from common.transport import BROADCAST_HEARTBEAT_MS, Subscriber
+    from common.transport import Subscriber
 
     learner = cluster.start("learner", None)
-    subscriber = Subscriber(Session("probe"), "127.0.0.1", cluster.port + 1)
-    monitor = subscriber.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+    subscriber = Subscriber(Session("probe"), "127.0.0.1", cluster.port + 1, silence_s=2.0)
     wait_for(lambda: subscriber.recv_newest(200) is not None, 30, "a broadcast")
     learner.popen.send_signal(signal.SIGSTOP)
     try:
-        started, dropped = time.monotonic(), False
-        while not dropped and time.monotonic() - started < 5 * 3 * BROADCAST_HEARTBEAT_MS / 1000:
-            if monitor.poll(200):
-                dropped = recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
-        took = time.monotonic() - started
+        took = seconds_until(
+            lambda: subscriber.recv_newest(100) is None and subscriber.reconnects >= 1,
+            20,
+            "a reconnect after the silence",
+        )
     finally:
         learner.popen.send_signal(signal.SIGCONT)
-    assert dropped, "the subscriber kept a connection to a frozen learner"
-    assert took < 2 * 3 * BROADCAST_HEARTBEAT_MS / 1000
+    assert took < 2.0 + NOTICED_WITHIN
     wait_for(lambda: subscriber.recv_newest(200) is not None, 30, "broadcasts again")
-    subscriber.sock.disable_monitor()
-    monitor.close(linger=0)
     subscriber.close()
