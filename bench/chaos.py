@@ -345,11 +345,12 @@ class ChaosStack:
             versions.append(int(state["model_version"]))
         return versions
 
-    def fill_disk(self) -> Path:
-        """Fill the checkpoint tmpfs to the last byte (root can: it is the harness's mount)."""
-        filler = self.checkpoint_dir / ".chaos-fill"
+    def fill_disk(self, filler: Path | None = None) -> Path:
+        """Fill the checkpoint tmpfs to the last byte (root can: it is the harness's mount),
+        or top up an earlier filler."""
+        filler = filler or self.checkpoint_dir / ".chaos-fill"
         chunk = b"\0" * (1 << 20)
-        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        with filler.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
             while True:  # unbuffered: a short write is retried, a full disk raises ENOSPC
                 handle.write(chunk)
         return filler
@@ -715,7 +716,11 @@ class Chaos:
         intact = self.c.loadable_versions()
         filler = self.c.fill_disk()
         try:
-            self.stop.wait(90)  # past the scaled CheckpointsStalled window and its for:
+            # Past the scaled CheckpointsStalled window and its for:, topped up every second,
+            # because a write that fails frees the space its temp file held.
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not self.stop.wait(1):
+                self.c.fill_disk(filler)
             during = self.c.metrics(learner["id"])
         finally:
             filler.unlink()
