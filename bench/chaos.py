@@ -261,6 +261,13 @@ class ChaosStack:
         running = self.containers(service)
         return running[0] if running else None
 
+    def require(self, service: str) -> dict[str, Any]:
+        """The running container of a single-replica service; a fault cannot start without."""
+        container = self.one(service)
+        if container is None:
+            raise RuntimeError(f"no {service} running")
+        return container
+
     def process(self, container_id: str) -> psutil.Process | None:
         """The service's own process: the child of docker-init in the container."""
         pid = subprocess.run(
@@ -602,18 +609,14 @@ class Chaos:
         return self.workers_advance(self.acked(ids), ids)
 
     def _evaluator_kill(self, fault: Fault) -> Callable[[], bool]:
-        evaluator = self.c.one("evaluator")
-        if evaluator is None:
-            raise RuntimeError("no evaluator running")
+        evaluator = self.c.require("evaluator")
         fault.target = evaluator["name"]
         before = self.evaluator_version()
         self._kill(evaluator, fault)
         return lambda: self.evaluator_version() > max(before, 0.0)
 
     def _evaluator_partition(self, fault: Fault) -> Callable[[], bool]:
-        evaluator = self.c.one("evaluator")
-        if evaluator is None:
-            raise RuntimeError("no evaluator running")
+        evaluator = self.c.require("evaluator")
         received = self.c.value(evaluator["id"], "a3c_evaluator_weights_received_total") or 0.0
         self._partition(fault, [evaluator], 30)
         after = self.c.value(evaluator["id"], "a3c_evaluator_weights_received_total") or 0.0
@@ -622,12 +625,13 @@ class Chaos:
             (self.c.value(evaluator["id"], "a3c_evaluator_weights_received_total") or 0.0) > after
         )
 
-    def _restart_check(
-        self, fault: Fault, newest_before: int, before: Samples | None
-    ) -> Callable[[], bool]:
+    def _restart_check(self, fault: Fault, before: Samples | None) -> Callable[[], bool]:
         """After the learner was killed: its resume must be from a checkpoint that loads and
         at least as new as the newest one that does; losses are measured from its first
         /metrics (served only once it has resumed)."""
+        time.sleep(0.5)  # the dead process writes nothing more
+        loadable_then = self.c.loadable_versions()
+        newest_before = loadable_then[0] if loadable_then else 0
         baseline = self.acked()
         page: Samples | None = None
 
@@ -664,20 +668,14 @@ class Chaos:
         return self.workers_advance(baseline)
 
     def _learner_kill(self, fault: Fault) -> Callable[[], bool]:
-        learner = self.c.one("learner")
-        if learner is None:
-            raise RuntimeError("no learner running")
+        learner = self.c.require("learner")
         fault.target = learner["name"]
         before = self.c.metrics(learner["id"])
         self._kill(learner, fault)
-        time.sleep(0.5)  # the dead process writes nothing more
-        newest = self.c.loadable_versions()
-        return self._restart_check(fault, newest[0] if newest else 0, before)
+        return self._restart_check(fault, before)
 
     def _checkpoint_corrupt(self, fault: Fault) -> Callable[[], bool]:
-        learner = self.c.one("learner")
-        if learner is None:
-            raise RuntimeError("no learner running")
+        learner = self.c.require("learner")
         fault.target = learner["name"]
         before = self.c.metrics(learner["id"])
         self.c.signal(learner["id"], signal.SIGSTOP)  # no checkpoint written while we cut
@@ -691,14 +689,10 @@ class Chaos:
             fault.detail["corrupted"] = newest.name
         finally:
             self._kill(learner, fault)
-        time.sleep(0.5)
-        loadable = self.c.loadable_versions()
-        return self._restart_check(fault, loadable[0] if loadable else 0, before)
+        return self._restart_check(fault, before)
 
     def _learner_stop(self, fault: Fault) -> Callable[[], bool]:
-        learner = self.c.one("learner")
-        if learner is None:
-            raise RuntimeError("no learner running")
+        learner = self.c.require("learner")
         fault.target = learner["name"]
         pause = self.local.rng.uniform(20, 60)
         baseline = self.acked()
@@ -708,9 +702,7 @@ class Chaos:
         return self.workers_advance(baseline)
 
     def _disk_full(self, fault: Fault) -> Callable[[], bool]:
-        learner = self.c.one("learner")
-        if learner is None:
-            raise RuntimeError("no learner running")
+        learner = self.c.require("learner")
         fault.target = "checkpoint volume"
         before = self.c.metrics(learner["id"])
         intact = self.c.loadable_versions()
@@ -751,9 +743,7 @@ class Chaos:
         )
 
     def _prometheus_restart(self, fault: Fault) -> Callable[[], bool]:
-        prometheus = self.c.one("prometheus")
-        if prometheus is None:
-            raise RuntimeError("no Prometheus running")
+        prometheus = self.c.require("prometheus")
         fault.target = prometheus["name"]
         self.deaths.expect(prometheus["name"])
         subprocess.run(
